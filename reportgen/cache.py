@@ -1,0 +1,114 @@
+"""Content-addressed, atomic, pickle-free tensor cache.
+
+A key is the SHA-256 of a canonical JSON of everything the value depends on (model identity: architecture,
+weights digest, preprocessing; method and its parameters; layer; target; image bytes digest) plus
+``SCHEMA_VERSION``; it is computed before any work. A value is a safetensors file of named tensors and string
+metadata, written under a temporary name and moved into place with ``os.replace``, so a crash never leaves a
+half-written entry. Layout: ``CACHE_DIR/ab/abcdef….safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reportgen.errors import CacheError
+
+__all__ = ["SCHEMA_VERSION", "cache_key", "TensorCache", "CacheInfo"]
+
+SCHEMA_VERSION = 1
+
+
+def cache_key(parts: dict) -> str:
+    """SHA-256 hex of ``parts`` (JSON-serializable) and the schema version, independent of key order."""
+    text = json.dumps({"schema": SCHEMA_VERSION, **parts}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    path: Path
+    entries: int
+    bytes: int
+
+
+class TensorCache:
+    """Tensors on disk by key. Counts hits, misses and writes for the run summary."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """(tensors on the CPU, metadata) for ``key``, or None. A corrupt entry counts as a miss and is removed."""
+        from safetensors import safe_open
+
+        path = self._path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+                meta = dict(f.metadata() or {})
+        except Exception:  # a truncated or foreign file: recompute rather than fail the run
+            path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return tensors, meta
+
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+        """Store ``tensors`` (each copied to a compact contiguous CPU tensor) atomically under ``key``."""
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        compact = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+            os.close(fd)
+            try:
+                save_file(compact, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError as exc:
+            raise CacheError(f"cannot write cache entry in {self.root}: {exc}") from exc
+        self.writes += 1
+
+    def info(self) -> CacheInfo:
+        entries = 0
+        size = 0
+        if self.root.is_dir():
+            for path in self.root.glob("??/*.safetensors"):
+                entries += 1
+                size += path.stat().st_size
+        return CacheInfo(self.root, entries, size)
+
+    def clear(self) -> int:
+        """Remove every entry (only files this cache wrote); return how many."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for sub in self.root.glob("??"):
+            if sub.is_dir() and all(p.suffix == ".safetensors" for p in sub.iterdir()):
+                removed += sum(1 for _ in sub.iterdir())
+                shutil.rmtree(sub)
+        return removed

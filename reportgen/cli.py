@@ -1,0 +1,157 @@
+"""Command line: a thin shell over the library. Only this module turns errors into exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 config or usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reportgen.errors import ConfigError, ReportgenError, UsageError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reportgen", description="Batch CNN-visualization reports: HTML + PDF.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a config and render its report")
+    p.add_argument("config", type=Path)
+    p.add_argument("--data", type=Path, help="image folder (overrides data.path)")
+    p.add_argument("--output", type=Path, help="output folder (overrides run.output)")
+    p.add_argument("--cache-dir", type=Path, help="cache folder (overrides run.cache_dir)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides run.device)")
+    p.add_argument("--force", action="store_true", help="replace a finished run in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("validate", help="check a config (and its layer names against the model); write nothing")
+    p.add_argument("config", type=Path)
+
+    p = sub.add_parser("layers", help="list a model's layers with their output shapes")
+    p.add_argument("model", help="a config file, or timm:NAME, torchvision:NAME, factory:pkg.mod:fn, a TorchScript file")
+    p.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+
+    sub.add_parser("methods", help="list the visualization methods")
+
+    p = sub.add_parser("cache", help="inspect or clear the tensor cache")
+    p.add_argument("action", choices=("info", "clear"))
+    p.add_argument("config", type=Path, nargs="?", help="a config, to use its run.cache_dir")
+    p.add_argument("--cache-dir", type=Path, help="the cache folder")
+    return parser
+
+
+def _load(path: Path):
+    from reportgen.config import load_config
+
+    return load_config(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from reportgen.runner import run
+
+    cfg = _load(args.config).with_overrides(data=args.data, output=args.output, cache_dir=args.cache_dir, device=args.device)
+    if args.data is not None and not cfg.data.path.is_dir():
+        raise UsageError(f"--data: folder not found: {cfg.data.path}")
+    result = run(cfg, force=args.force, progress=not args.quiet)
+    s = result.stats
+    print(f"images: {s.images_ok} rendered, {s.images_skipped} skipped, {s.batches} batches on {cfg.run.device}")
+    print(f"cache: {s.cache_hits} hits, {s.cache_misses} misses, {s.cache_writes} written ({cfg.run.cache_dir})")
+    print(f"model work: {s.forward_passes} forward passes, {s.backward_passes} backward passes")
+    secs = ", ".join(f"{k} {v:.2f}s" for k, v in s.seconds.items())
+    print(f"time: {s.duration_s:.2f}s ({secs})")
+    print(f"report: {result.html}")
+    if result.pdf:
+        print(f"pdf:    {result.pdf}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from reportgen.runner import prepare
+
+    cfg = _load(args.config)
+    lm = prepare(cfg)
+    layers = len(cfg.kernels.layers) + len(cfg.feature_maps.layers) + len(cfg.cams.layers)
+    print(f"{args.config}: ok ({lm.name}, {layers} layer references checked, device {lm.device})")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from reportgen.config import ModelConfig, PreprocessConfig
+    from reportgen.errors import ModelError
+    from reportgen.models import layer_table, load_model, parse_model_spec
+
+    spec = args.model
+    if spec.endswith((".yaml", ".yml")):
+        model_cfg = _load(Path(spec)).model
+    else:
+        try:
+            source, name = parse_model_spec(spec)
+        except ModelError as exc:
+            raise UsageError(str(exc)) from exc
+        model_cfg = ModelConfig(source=source, name=name, labels="none", preprocess=PreprocessConfig())
+    lm = load_model(model_cfg, "cpu")
+    size = (args.size, args.size) if args.size else lm.preprocess.size
+    rows = list(layer_table(lm.module, size, lm.device))
+    width = max((len(r[0]) for r in rows), default=10)
+    kind_width = max((len(r[1]) for r in rows), default=10)
+    print(f"{lm.name}: {len(rows)} layers, input 3x{size[0]}x{size[1]}")
+    for name, kind, shape in rows:
+        print(f"{name:<{width}}  {kind:<{kind_width}}  {shape}")
+    return 0
+
+
+def _cmd_methods(_args: argparse.Namespace) -> int:
+    from reportgen.methods import list_methods
+
+    specs = list_methods()
+    width = max(len(s.name) for s in specs)
+    for s in specs:
+        print(f"{s.name:<{width}}  [{s.kind}] {s.title}: {s.description} ({s.paper})")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from reportgen.cache import TensorCache
+
+    if args.cache_dir is not None:
+        root = args.cache_dir
+    elif args.config is not None:
+        root = _load(args.config).run.cache_dir
+    else:
+        raise UsageError("cache: give a config or --cache-dir")
+    cache = TensorCache(root)
+    if args.action == "info":
+        info = cache.info()
+        print(f"cache {info.path}: {info.entries} entries, {info.bytes / 1e6:.2f} MB")
+    else:
+        print(f"cache {root}: removed {cache.clear()} entries")
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "layers": _cmd_layers, "methods": _cmd_methods, "cache": _cmd_cache}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``reportgen`` and ``python -m reportgen``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except ReportgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the previous report (if any) is untouched; cached results are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""Find images, decode them (EXIF-aware, any mode → RGB), and batch them through a DataLoader.
+
+A folder is walked recursively in sorted order. A file inside a subfolder takes the subfolder's name as its
+label (torchvision's ImageFolder convention, first level under the root); files at the root are unlabelled.
+A file that cannot be read or decoded is skipped with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from reportgen.errors import DataError
+from reportgen.models import Preprocess
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageRecord",
+    "Skipped",
+    "Batch",
+    "discover",
+    "decode",
+    "to_tensor",
+    "crop_box",
+    "iter_batches",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file. ``id`` is unique in the run, stable, and safe in file names and URLs."""
+
+    index: int
+    path: Path
+    rel: str
+    id: str
+    label: str | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rel: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """Decoded images of one batch. Failures are images of the batch that could not be decoded.
+
+    Attributes:
+        indices: record index per decoded image.
+        tensor: (N, 3, H, W) float32, normalised network input (N may be 0).
+        displays: per image, the photo (h, w, 3) uint8 scaled to the report's display size.
+        boxes: per image, (left, top, right, bottom) of the region the network saw, in display pixels.
+        failures: (record index, reason) for each image that failed to decode.
+    """
+
+    indices: list[int]
+    tensor: torch.Tensor
+    displays: list[np.ndarray]
+    boxes: list[tuple[int, int, int, int]]
+    failures: list[tuple[int, str]]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "image"
+
+
+def discover(root: Path, limit: int | None = None) -> tuple[list[ImageRecord], list[Skipped]]:
+    """Every image file under ``root`` (sorted), with its label and the SHA-256 of its bytes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    records: list[ImageRecord] = []
+    skipped: list[Skipped] = []
+    used: set[str] = set()
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            skipped.append(Skipped(rel, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        base = _slug(rel)
+        ident = base
+        n = 2
+        while ident in used:
+            ident = f"{base}-{n}"
+            n += 1
+        used.add(ident)
+        parts = Path(rel).parts
+        label = parts[0] if len(parts) > 1 else None
+        records.append(ImageRecord(len(records), path, rel, ident, label, digest))
+        if limit is not None and len(records) >= limit:
+            break
+    return records, skipped
+
+
+def decode(path: Path) -> Image.Image:
+    """Open an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode.
+
+    Transparent images are composited on white; 16- and 32-bit greyscale are scaled to 8 bits by their range.
+    """
+    with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(img, dtype=np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+            img = Image.fromarray(scaled.round().astype(np.uint8), "L")
+        if img.mode == "P":
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA"):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img)
+        return img.convert("RGB")
+
+
+def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:
+    """The region of a (width × height) image that the network sees, in that image's pixels."""
+    if pre.resize == "squash":
+        return 0.0, 0.0, float(width), float(height)
+    out_h, out_w = pre.size
+    # timm's convention: resize the short side to size / crop_pct, then centre-crop to size.
+    scale = (min(out_h, out_w) / pre.crop_pct) / min(width, height)
+    box_w, box_h = out_w / scale, out_h / scale
+    left, top = (width - box_w) / 2, (height - box_h) / 2
+    return left, top, left + box_w, top + box_h
+
+
+def to_tensor(img: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """RGB PIL image → (3, H, W) float32, resized/cropped and normalised per ``pre``."""
+    out_h, out_w = pre.size
+    resample = _RESAMPLE[pre.interpolation]
+    if pre.resize == "squash":
+        img = img.resize((out_w, out_h), resample)
+    else:
+        img = img.resize((out_w, out_h), resample, box=crop_box(img.width, img.height, pre))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, records: Sequence[ImageRecord], pre: Preprocess, display_size: int):
+        self.records = records
+        self.pre = pre
+        self.display_size = display_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        try:
+            img = decode(record.path)
+        except Exception as exc:  # any decoder failure means: skip this image, keep the run going
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return {"index": record.index, "error": f"cannot decode image: {reason}"}
+        tensor = to_tensor(img, self.pre)
+        box = crop_box(img.width, img.height, self.pre)
+        display = img.copy()
+        display.thumbnail((self.display_size, self.display_size), Image.BICUBIC)
+        sx, sy = display.width / img.width, display.height / img.height
+        dbox = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+        return {"index": record.index, "tensor": tensor, "display": np.asarray(display), "box": dbox}
+
+
+def _collate(items: list[dict]) -> Batch:
+    ok = [it for it in items if "error" not in it]
+    tensor = torch.stack([it["tensor"] for it in ok]) if ok else torch.empty(0)
+    return Batch(
+        indices=[it["index"] for it in ok],
+        tensor=tensor,
+        displays=[it["display"] for it in ok],
+        boxes=[it["box"] for it in ok],
+        failures=[(it["index"], it["error"]) for it in items if "error" in it],
+    )
+
+
+def iter_batches(
+    records: Sequence[ImageRecord], pre: Preprocess, *, batch_size: int, workers: int = 0, display_size: int = 384
+) -> Iterator[Batch]:
+    """Decoded batches in record order; ``workers`` > 0 decodes in that many processes."""
+    loader = DataLoader(
+        _ImageDataset(records, pre, display_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    yield from loader

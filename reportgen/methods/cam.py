@@ -1,0 +1,147 @@
+"""Gradient class-activation maps, all derived from one forward and one backward pass per batch and target.
+
+Each method only states how it turns a layer's activations ``A`` and the gradients ``G`` of the target score
+w.r.t. ``A`` (both (N, C, h, w) float32) into a map (N, h, w) float32 >= 0 at the layer's own resolution.
+Capture, backward, targets and storage are shared (``gradient_cams``). Maps are returned unnormalised: the
+figure code min-max scales them for display, as pytorch-grad-cam does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from reportgen.errors import MethodError
+from reportgen.methods.registry import MethodSpec, register
+
+__all__ = ["CAM_FORMULAS", "gradient_cams", "resolve_targets"]
+
+CamFormula = Callable[[Tensor, Tensor], Tensor]
+_EPS = 1e-7
+
+
+def _gradcam(a: Tensor, g: Tensor) -> Tensor:
+    weights = g.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * a).sum(dim=1))
+
+
+def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
+    g2 = g.pow(2)
+    g3 = g2 * g
+    sum_a = a.sum(dim=(2, 3), keepdim=True)
+    alpha = g2 / (2 * g2 + sum_a * g3 + _EPS)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    weights = (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * a).sum(dim=1))
+
+
+def _xgradcam(a: Tensor, g: Tensor) -> Tensor:
+    sum_a = a.sum(dim=(2, 3), keepdim=True)
+    weights = (g * a / (sum_a + _EPS)).sum(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * a).sum(dim=1))
+
+
+def _hirescam(a: Tensor, g: Tensor) -> Tensor:
+    return torch.relu((g * a).sum(dim=1))
+
+
+def _layercam(a: Tensor, g: Tensor) -> Tensor:
+    return torch.relu((torch.relu(g) * a).sum(dim=1))
+
+
+CAM_FORMULAS: dict[str, CamFormula] = {}
+
+
+def _register(name: str, title: str, fn: CamFormula, description: str, paper: str, formula: str) -> None:
+    register(MethodSpec(name, title, "cam", description, paper, formula))
+    CAM_FORMULAS[name] = fn
+
+
+_register("gradcam", "Grad-CAM", _gradcam, "channels weighted by their spatially averaged gradient",
+          "Selvaraju et al., ICCV 2017", "relu(sum_c mean_hw(dy/dA_c) * A_c)")
+_register("gradcampp", "Grad-CAM++", _gradcampp, "second-order weighting of positive gradients",
+          "Chattopadhay et al., WACV 2018",
+          "relu(sum_c sum_hw(relu(G) * G^2 / (2G^2 + sum_hw(A) G^3)) * A_c)")
+_register("xgradcam", "XGrad-CAM", _xgradcam, "gradients weighted by normalised activations (axiom-based)",
+          "Fu et al., BMVC 2020", "relu(sum_c sum_hw(G * A / sum_hw(A)) * A_c)")
+_register("hirescam", "HiResCAM", _hirescam, "element-wise gradient x activation, summed over channels",
+          "Draelos & Carin, 2020", "relu(sum_c G_c * A_c)")
+_register("layercam", "LayerCAM", _layercam, "element-wise positive gradient x activation",
+          "Jiang et al., IEEE TIP 2021", "relu(sum_c relu(G_c) * A_c)")
+
+
+def resolve_targets(
+    logits: Tensor, kind: str, *, class_index: int | None = None, top_k: int = 1, labels: Sequence[int | None] = ()
+) -> tuple[Tensor, list[list[str]]]:
+    """The classes to explain for each image.
+
+    Args:
+        logits: (N, K) float.
+        kind: ``predicted`` (top-1), ``true`` (the image's label; top-1 where it has none), ``class`` (``class_index``
+            for every image) or ``topk`` (each of the ``top_k`` most likely classes).
+        labels: per image, its class index or None (for ``true``).
+
+    Returns:
+        (targets (N, T) int64, per image and target the kind actually used).
+    """
+    n, k = logits.shape
+    if kind == "topk":
+        if top_k > k:
+            raise MethodError(f"cams.top_k is {top_k} but the model has only {k} classes")
+        return logits.topk(top_k, dim=1).indices, [["top-" + str(t + 1) for t in range(top_k)] for _ in range(n)]
+    if kind == "class":
+        if class_index is None or not 0 <= class_index < k:
+            raise MethodError(f"target class {class_index} is out of range for a model with {k} classes")
+        return torch.full((n, 1), class_index, dtype=torch.long, device=logits.device), [["class"]] * n
+    predicted = logits.argmax(dim=1, keepdim=True)
+    if kind == "predicted":
+        return predicted, [["predicted"]] * n
+    if kind == "true":
+        if len(labels) != n:
+            raise MethodError(f"expected {n} labels for target 'true', got {len(labels)}")
+        out = predicted.clone()
+        kinds = []
+        for i, label in enumerate(labels):
+            if label is None or not 0 <= label < k:
+                kinds.append(["predicted (no label)"])
+            else:
+                out[i, 0] = label
+                kinds.append(["true"])
+        return out, kinds
+    raise MethodError(f"unknown target kind {kind!r}")
+
+
+def gradient_cams(
+    logits: Tensor, activations: dict[str, Tensor], targets: Tensor, methods: Sequence[str]
+) -> dict[tuple[str, str], Tensor]:
+    """Every requested gradient CAM for every layer, one backward pass per target column.
+
+    Args:
+        logits: (N, K) with a graph back to each tensor of ``activations`` (caught with ``capture(grad=True)``).
+        activations: layer → (N, C, h, w).
+        targets: (N, T) class indices.
+        methods: names in ``CAM_FORMULAS``.
+
+    Returns:
+        (layer, method) → (N, T, h, w) float32 on the activations' device, detached.
+    """
+    unknown = [m for m in methods if m not in CAM_FORMULAS]
+    if unknown:
+        raise MethodError(f"unknown gradient CAM method(s): {', '.join(unknown)}")
+    if targets.shape[0] != logits.shape[0]:
+        raise MethodError(f"expected one target row per image ({logits.shape[0]}), got {targets.shape[0]}")
+    layers = list(activations)
+    per_target: dict[tuple[str, str], list[Tensor]] = {(layer, m): [] for layer in layers for m in methods}
+    columns = targets.shape[1]
+    for t in range(columns):
+        # Images are independent in eval mode, so the gradient of the summed scores is each image's own gradient.
+        score = logits.gather(1, targets[:, t : t + 1]).sum()
+        grads = torch.autograd.grad(score, [activations[layer] for layer in layers], retain_graph=t < columns - 1)
+        for layer, g in zip(layers, grads, strict=True):
+            a = activations[layer].detach().float()
+            g = g.detach().float()
+            for m in methods:
+                per_target[(layer, m)].append(CAM_FORMULAS[m](a, g))
+    return {key: torch.stack(maps, dim=1) for key, maps in per_target.items()}

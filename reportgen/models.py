@@ -1,0 +1,282 @@
+"""Build a model from its source, load local weights, and attach what travels with it.
+
+A ``LoadedModel`` carries the module (in eval mode, on its device), the preprocessing it expects, its label
+names, and a digest of its weights that keys the cache. Nothing here downloads anything: timm and
+torchvision models are built with ``pretrained=False`` / ``weights=None`` and filled from a local file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reportgen.config import ModelConfig, PreprocessConfig, close_matches
+from reportgen.errors import ModelError
+
+__all__ = [
+    "Preprocess",
+    "LoadedModel",
+    "load_model",
+    "resolve_device",
+    "weights_digest",
+    "find_layer",
+    "layer_table",
+    "parse_model_spec",
+]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image → tensor recipe. ``size`` is (height, width) of the network input."""
+
+    size: tuple[int, int]
+    resize: str
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def as_dict(self) -> dict:
+        return {
+            "size": list(self.size),
+            "resize": self.resize,
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the methods. ``module`` is in eval mode on ``device``."""
+
+    module: nn.Module
+    name: str
+    source: str
+    spec: str
+    weights: Path | None
+    digest: str
+    device: torch.device
+    preprocess: Preprocess
+    labels: list[str]
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
+
+    def identity(self) -> dict:
+        """What makes this model's outputs what they are: the cache key's model part."""
+        return {"arch": f"{self.source}:{self.spec}", "weights": self.digest, "preprocess": self.preprocess.as_dict()}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU. An explicit CUDA device that is missing is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {name!r} was asked for but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    return device
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """``timm:resnet18``, ``torchvision:resnet18``, ``factory:pkg.mod:fn`` or a ``.pt`` TorchScript path → (source, name)."""
+    source, sep, name = spec.partition(":")
+    if sep and source in ("timm", "torchvision", "factory", "torchscript"):
+        return source, name
+    if spec.endswith((".pt", ".pth", ".ts")) and Path(spec).is_file():
+        return "torchscript", spec
+    raise ModelError(
+        f"cannot read model spec {spec!r}: expected timm:NAME, torchvision:NAME, factory:package.module:function "
+        "or the path of a TorchScript file"
+    )
+
+
+def _build(source: str, name: str, num_classes: int | None, device: torch.device) -> nn.Module:
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        if source == "timm":
+            import timm
+
+            if not timm.is_model(name):
+                hint = close_matches(name, timm.list_models())
+                raise ModelError(f"unknown timm model {name!r}" + (f"; did you mean {' or '.join(hint)}?" if hint else ""))
+            return timm.create_model(name, pretrained=False, **kwargs)
+        if source == "torchvision":
+            import torchvision
+
+            names = torchvision.models.list_models()
+            if name not in names:
+                hint = close_matches(name, names)
+                raise ModelError(f"unknown torchvision model {name!r}" + (f"; did you mean {' or '.join(hint)}?" if hint else ""))
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        if source == "torchscript":
+            return torch.jit.load(name, map_location=device)
+        if source == "factory":
+            module_name, _, func_name = name.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ModelError(f"factory {name!r}: cannot import module {module_name!r}: {exc}") from exc
+            factory = getattr(module, func_name, None)
+            if not callable(factory):
+                raise ModelError(f"factory {name!r}: module {module_name!r} has no function {func_name!r}")
+            model = factory(**kwargs)
+            if not isinstance(model, nn.Module):
+                raise ModelError(f"factory {name!r} returned {type(model).__name__}, expected a torch.nn.Module")
+            return model
+    except ModelError:
+        raise
+    except Exception as exc:  # a model constructor can fail in any way; say which model
+        raise ModelError(f"could not build {source} model {name!r}: {type(exc).__name__}: {exc}") from exc
+    raise ModelError(f"unknown model source {source!r}")
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing (e.g. {', '.join(result.missing_keys[:3])})")
+        if result.unexpected_keys:
+            parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])})")
+        raise ModelError(f"{path}: weights do not fit the model: " + "; ".join(parts))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (name, dtype, shape, bytes): changes whenever any weight does."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _resolve_preprocess(model: nn.Module, cfg: PreprocessConfig) -> Preprocess:
+    pretrained = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.size
+    if size is None:
+        input_size = pretrained.get("input_size")
+        size = (int(input_size[1]), int(input_size[2])) if input_size else (224, 224)
+    return Preprocess(
+        size=size,
+        resize=cfg.resize,
+        crop_pct=cfg.crop_pct,
+        interpolation=cfg.interpolation or pretrained.get("interpolation") or "bilinear",
+        mean=cfg.mean or tuple(pretrained.get("mean", _IMAGENET_MEAN)),
+        std=cfg.std or tuple(pretrained.get("std", _IMAGENET_STD)),
+    )
+
+
+def _labels(spec: str | Path, num_classes: int) -> list[str]:
+    if spec == "none":
+        return [f"class {i}" for i in range(num_classes)]
+    if spec == "imagenet":
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        names = list(_IMAGENET_CATEGORIES)
+    else:
+        names = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) < num_classes:
+        names += [f"class {i}" for i in range(len(names), num_classes)]
+    return names
+
+
+def _num_classes(model: nn.Module, preprocess: Preprocess, device: torch.device) -> int:
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, *preprocess.size, device=device))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"expected the model to return logits of shape (N, classes), got {shape}")
+    return int(out.shape[1])
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build, fill and move the model; return it in eval mode with its preprocessing and labels."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    module = _build(cfg.source, cfg.name, cfg.num_classes, dev)
+    if cfg.weights is not None:
+        _load_weights(module, cfg.weights)
+    digest = weights_digest(module)
+    module = module.to(dev).eval()
+    preprocess = _resolve_preprocess(module, cfg.preprocess)
+    classes = _num_classes(module, preprocess, dev)
+    spec = cfg.name
+    name = Path(cfg.name).name if cfg.source == "torchscript" else cfg.name.rsplit(":", 1)[-1]
+    return LoadedModel(
+        module=module,
+        name=name,
+        source=cfg.source,
+        spec=spec,
+        weights=cfg.weights,
+        digest=digest,
+        device=dev,
+        preprocess=preprocess,
+        labels=_labels(cfg.labels, classes),
+    )
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule with qualified name ``name``; ``ModelError`` with the closest names when it does not exist."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    hint = close_matches(name, [n for n in modules if n])
+    raise ModelError(f"no layer named {name!r}" + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""))
+
+
+def layer_table(model: nn.Module, size: tuple[int, int], device: torch.device) -> Iterator[tuple[str, str, str]]:
+    """(qualified name, module type, output shape for one input) for every named submodule, in call order."""
+    shapes: dict[str, str] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(_module, _inputs, output):
+            if isinstance(output, torch.Tensor):
+                shapes.setdefault(name, "x".join(str(s) for s in output.shape[1:]))
+            else:
+                shapes.setdefault(name, type(output).__name__)
+
+        return fn
+
+    named = [(n, m) for n, m in model.named_modules() if n]
+    try:
+        for name, module in named:
+            handles.append(module.register_forward_hook(hook(name)))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = {name: i for i, name in enumerate(shapes)}
+    for name, module in sorted(named, key=lambda nm: order.get(nm[0], len(order))):
+        yield name, type(module).__name__, shapes.get(name, "-")

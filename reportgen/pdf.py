@@ -1,0 +1,57 @@
+"""Print one HTML file to PDF with WeasyPrint: ``python -m reportgen.pdf REPORT.html OUT.pdf``.
+
+Run as a child process by ``reportgen.report.render_pdf`` so WeasyPrint's memory and any crash stay out of the
+main run. Writes OUT.pdf directly (the parent hands it a temp name and moves it into place). Exits 0 on success,
+1 on any failure with a one-line error on stderr (WeasyPrint's own warnings may come before it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+USAGE = "usage: python -m reportgen.pdf REPORT.html OUT.pdf"
+
+
+def _error(message: str) -> int:
+    print("reportgen.pdf: error: " + " ".join(str(message).split()), file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        return _error(f"expected 2 arguments, got {len(args)}; {USAGE}")
+    html = Path(args[0])
+    target = Path(args[1])
+    if not html.is_file():
+        return _error(f"HTML file {html} does not exist")
+
+    # WeasyPrint logs problems (missing images, unsupported CSS) as warnings; send them to stderr, one per line,
+    # so the parent can show them if printing fails.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("weasyprint %(levelname)s: %(message)s"))
+    wp_log = logging.getLogger("weasyprint")
+    wp_log.addHandler(handler)
+    wp_log.setLevel(logging.WARNING)
+    wp_log.propagate = False
+
+    try:
+        import weasyprint
+    except Exception as exc:  # noqa: BLE001 - reported as one line to the parent
+        return _error(f"cannot import weasyprint: {type(exc).__name__}: {exc}")
+
+    try:
+        base_url = html.resolve().parent.as_uri() + "/"
+        document = weasyprint.HTML(filename=str(html), base_url=base_url, media_type="print")
+        document.write_pdf(str(target), optimize_images=False)
+    except Exception as exc:  # noqa: BLE001 - reported as one line to the parent
+        return _error(f"printing {html} failed: {type(exc).__name__}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
