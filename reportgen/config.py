@@ -165,7 +165,7 @@ def close_matches(word: str, candidates: list[str] | tuple[str, ...], n: int = 3
 
 
 def _suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str:
-    found = close_matches(word, candidates)
+    found = close_matches(word, candidates, n=1)
     return "; did you mean " + " or ".join(repr(f) for f in found) + "?" if found else ""
 
 
@@ -415,9 +415,10 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     r.section("cams", ("methods", "layers", "target", "top_k"))
     methods = r.names("cams.methods", choices=method_names)
     cam_layers = r.names("cams.layers")
-    if methods and not cam_layers:
+    raw_cams = data.get("cams") if isinstance(data.get("cams"), dict) else {}
+    if raw_cams.get("methods") and not raw_cams.get("layers"):
         r.problem("cams.layers", "required when cams.methods is given: name at least one layer")
-    if cam_layers and not methods:
+    if raw_cams.get("layers") and not raw_cams.get("methods"):
         r.problem("cams.methods", "required when cams.layers is given: name at least one method")
     target, class_index = _read_targets(r)
     top_k = r.get("cams.top_k", int, 1, minimum=1, maximum=20)
