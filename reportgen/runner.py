@@ -251,8 +251,7 @@ def _iter_images(cfg: RunConfig, lm: LoadedModel, records: list[ImageRecord], sk
             t0 = time.perf_counter()
             results = _results_for_batch(cfg, lm, cache, planner, recs, batch.tensor, stats)
             stats.seconds["compute"] += time.perf_counter() - t0
-            for rec, res, display, box in zip(recs, results, batch.displays, batch.boxes, strict=True):
-                yield rec, res, display, box
+            yield from zip(recs, results, batch.displays, batch.boxes, strict=True)
             bar.update(len(recs))
     finally:
         bar.close()

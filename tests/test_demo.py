@@ -1,0 +1,98 @@
+"""The embedded demo: real pretrained weights, real photos, the full report (HTML + PDF), then a warm rerun."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reportgen.cli import main
+from reportgen.config import ModelConfig, PreprocessConfig, load_config
+from reportgen.demo import DEMO_PHOTOS, write_demo_images
+from reportgen.images import to_tensor
+from reportgen.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    cfg = ModelConfig(source="factory", name="reportgen.zoo:efficientnet_lite0", labels="imagenet",
+                      preprocess=PreprocessConfig(size=(224, 224), resize="squash", interpolation="bicubic",
+                                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    return load_model(cfg, "cpu")
+
+
+@pytest.mark.parametrize(("photo", "index", "name"), [("chelsea", 285, "Egyptian cat"), ("coffee", 967, "espresso")])
+def test_pretrained_weights_are_really_loaded(lite0, photo, index, name):
+    import skimage.data
+
+    img = Image.fromarray(getattr(skimage.data, photo)()).convert("RGB")
+    with torch.no_grad():
+        probs = lite0.module(to_tensor(img, lite0.preprocess)[None]).softmax(1)[0]
+    assert int(probs.argmax()) == index
+    assert lite0.labels[index] == name
+    assert float(probs[index]) > 0.5
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs: list[dict] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.imgs.append(a)
+
+
+def test_demo_end_to_end_then_warm_rerun(tmp_path, capsys):
+    from pypdf import PdfReader
+
+    data = tmp_path / "demo-images"
+    write_demo_images(data)
+    args = ["run", str(REPO / "configs" / "demo.yaml"), "--quiet", "--data", str(data),
+            "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "images: 5 rendered, 1 skipped" in first
+    out = tmp_path / "out"
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert page.imgs and all(img.get("loading") == "lazy" for img in page.imgs)
+    assert all((out / img["src"]).is_file() for img in page.imgs)
+    assert not any(img["src"].startswith(("data:", "http")) for img in page.imgs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert len(manifest["images"]) == len(DEMO_PHOTOS)
+    assert [k["layer"] for k in manifest["kernels"]] == list(cfg.kernels.layers)
+    for image in manifest["images"]:
+        assert image["id"] in page.ids
+        assert [f["layer"] for f in image["feature_maps"]] == list(cfg.feature_maps.layers)
+        assert [len(g["panels"]) for g in image["cams"]] == [len(cfg.cams.methods)] * len(cfg.cams.layers)
+        assert (out / image["maps_file"]).is_file()
+    by_path = {i["path"]: i for i in manifest["images"]}
+    assert by_path["Egyptian cat/chelsea.png"]["correct"] is True
+    assert by_path["espresso/coffee.png"]["predictions"][0]["class_name"] == "espresso"
+    assert manifest["skipped"][0]["path"] == "corrupt-example.jpg"
+    reader = PdfReader(str(out / "report.pdf"))
+    assert len(reader.pages) >= 5 and reader.outline
+
+    # a CAM at the layer's own 7x7 resolution peaks on the cat, not in a corner
+    from safetensors.numpy import load_file
+
+    cam = load_file(str(out / by_path["Egyptian cat/chelsea.png"]["maps_file"]))["cam/gradcam/bn2"][0]
+    assert cam.shape == (7, 7) and np.isfinite(cam).all() and cam.max() > 0
+
+    assert main([*args, "--force"]) == 0
+    second = capsys.readouterr().out
+    assert "model work: 0 forward passes, 0 backward passes" in second
+    assert " 0 misses, 0 written" in second

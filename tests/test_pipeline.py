@@ -1,0 +1,193 @@
+"""The run end to end on a tiny CNN: outputs, cache hits/misses/invalidation, skipped files, overwrite rules."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from conftest import write_config
+from safetensors.numpy import load_file
+
+from reportgen.cache import TensorCache
+from reportgen.cli import main
+from reportgen.config import load_config
+from reportgen.errors import UsageError
+from reportgen.hooks import model_state
+from reportgen.runner import prepare, run
+
+N_IMAGES = 4
+# per image: predictions + 1 feature-map layer + 5 methods x 2 layers; plus 2 kernel layers once
+ENTRIES = N_IMAGES * (1 + 1 + 10) + 2
+
+
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def _img_srcs(html_path):
+    parser = _Imgs()
+    parser.feed(html_path.read_text(encoding="utf-8"))
+    return parser.srcs
+
+
+def test_first_run_computes_everything_and_writes_every_output(tmp_path, image_dir):
+    cfg = load_config(write_config(tmp_path, image_dir))
+    result = run(cfg)
+    s = result.stats
+    assert (s.images_ok, s.images_skipped) == (N_IMAGES, 0)
+    assert (s.cache_hits, s.cache_misses, s.cache_writes) == (0, ENTRIES, ENTRIES)
+    assert s.batches == 2 and s.forward_passes == 2 and s.backward_passes == 2  # one of each per batch
+    out = cfg.run.output
+    srcs = _img_srcs(out / "report.html")
+    # 2 kernel galleries; per image: thumbnail (report + table), 1 feature panel, 10 CAM panels
+    assert len(srcs) == 2 + N_IMAGES * (2 + 1 + 10)
+    assert all((out / s).is_file() for s in srcs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"]["images_ok"] == N_IMAGES
+    first = manifest["images"][0]
+    maps = load_file(str(out / first["maps_file"]))
+    assert maps["cam/gradcam/features.5"].shape == (1, 16, 16)  # (targets, h, w) at the layer's resolution
+    assert maps["cam/gradcam/features.2"].shape == (1, 16, 16)
+    assert maps["feature_maps/features.4"].shape == (4, 16, 16)
+    assert maps["logits"].shape == (10,)
+    assert int(maps["cam/gradcam/features.5/targets"][0]) == first["predictions"][0]["class_index"]
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging folder left behind
+
+
+def test_second_run_does_no_model_work(tmp_path, image_dir):
+    cfg = load_config(write_config(tmp_path, image_dir))
+    first = run(cfg)
+    second = run(cfg, force=True)
+    s = second.stats
+    assert (s.forward_passes, s.backward_passes) == (0, 0)
+    assert (s.cache_hits, s.cache_misses, s.cache_writes) == (ENTRIES, 0, 0)
+    a = json.loads(first.manifest.read_text())["images"]
+    b = json.loads(second.manifest.read_text())["images"]
+    assert [i["predictions"] for i in a] == [i["predictions"] for i in b]
+
+
+def test_changing_a_parameter_recomputes_only_what_changed(tmp_path, image_dir):
+    path = write_config(tmp_path, image_dir)
+    run(load_config(path))
+    path = write_config(tmp_path, image_dir, feature_maps={"layers": ["features.4"], "top_k": 5})
+    s = run(load_config(path), force=True).stats
+    assert s.cache_writes == N_IMAGES  # only the feature-map entries
+    assert s.backward_passes == 0  # no CAM was recomputed
+    assert s.cache_hits == ENTRIES - N_IMAGES
+
+
+def test_changing_the_weights_recomputes_everything(tmp_path, image_dir):
+    from tinynets import tiny_cnn
+
+    run(load_config(write_config(tmp_path, image_dir)))
+    model = tiny_cnn()
+    with torch.no_grad():
+        model.fc.bias.add_(0.5)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    cfg = load_config(write_config(tmp_path, image_dir, model={
+        "source": "factory", "name": "tinynets:tiny_cnn", "labels": "none", "weights": str(tmp_path / "w.pt"),
+        "preprocess": {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    s = run(cfg, force=True).stats
+    assert s.cache_hits == 0 and s.cache_writes == ENTRIES
+
+
+def test_corrupt_cache_entry_is_recomputed(tmp_path, image_dir):
+    cfg = load_config(write_config(tmp_path, image_dir))
+    run(cfg)
+    entry = next(cfg.run.cache_dir.glob("??/*.safetensors"))
+    entry.write_bytes(b"garbage")
+    s = run(cfg, force=True).stats
+    assert s.cache_misses == 1 and s.cache_writes == 1
+
+
+def test_skipped_files_are_listed_and_the_run_goes_on(tmp_path, image_dir):
+    (image_dir / "broken.png").write_bytes(b"\x89PNG but not really")
+    cfg = load_config(write_config(tmp_path, image_dir))
+    result = run(cfg)
+    assert (result.stats.images_ok, result.stats.images_skipped) == (N_IMAGES, 1)
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["skipped"] == [{"path": "broken.png", "reason": manifest["skipped"][0]["reason"]}]
+    assert manifest["skipped"][0]["reason"].startswith("cannot decode image")
+    assert "broken.png" in result.html.read_text()
+
+
+def test_finished_run_is_not_overwritten_without_force(tmp_path, image_dir, capsys):
+    path = write_config(tmp_path, image_dir)
+    assert main(["run", str(path), "--quiet"]) == 0
+    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run; pass --force to replace it" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+    with pytest.raises(UsageError):
+        run(load_config(path))
+
+
+def test_cli_overrides_data_output_and_cache(tmp_path, image_dir, capsys):
+    from conftest import make_images
+
+    other = tmp_path / "other"
+    make_images(other, n=2, labelled=False)
+    path = write_config(tmp_path, image_dir)
+    code = main(["run", str(path), "--quiet", "--data", str(other), "--output", str(tmp_path / "o2"),
+                 "--cache-dir", str(tmp_path / "c2"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "images: 2 rendered, 0 skipped" in out and "report: " in out
+    assert (tmp_path / "o2" / "report.html").is_file() and TensorCache(tmp_path / "c2").info().entries > 0
+
+
+def test_model_is_unchanged_after_a_run(tmp_path, image_dir):
+    cfg = load_config(write_config(tmp_path, image_dir))
+    lm = prepare(cfg)
+    lm.module.train()
+    before = model_state(lm.module)
+    weights = {k: v.clone() for k, v in lm.module.state_dict().items()}
+    run(cfg, lm=lm)
+    assert model_state(lm.module) == before
+    assert all(torch.equal(v, lm.module.state_dict()[k]) for k, v in weights.items())
+
+
+def test_true_label_and_topk_targets(tmp_path, image_dir):
+    cfg = load_config(write_config(tmp_path, image_dir, cams={"methods": ["gradcam"], "layers": ["features.5"],
+                                                              "target": "topk", "top_k": 3}))
+    manifest = json.loads(run(cfg).manifest.read_text())
+    groups = manifest["images"][0]["cams"]
+    assert [g["target_kind"] for g in groups] == ["top-1", "top-2", "top-3"]
+    assert [g["target_index"] for g in groups] == [p["class_index"] for p in manifest["images"][0]["predictions"][:3]]
+    cfg = load_config(write_config(tmp_path, image_dir, cams={"methods": ["gradcam"], "layers": ["features.5"],
+                                                              "target": "true"}))
+    manifest = json.loads(run(cfg, force=True).manifest.read_text())
+    for image in manifest["images"]:
+        (group,) = image["cams"]
+        assert group["target_kind"] == "true"
+        assert group["target_index"] == int(image["label"].split("_")[0])  # folders are 0_class0, 1_class1
+
+
+def test_cache_cli(tmp_path, image_dir, capsys):
+    path = write_config(tmp_path, image_dir)
+    run(load_config(path))
+    assert main(["cache", "info", str(path)]) == 0
+    assert f"{ENTRIES} entries" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert f"removed {ENTRIES} entries" in capsys.readouterr().out
+    assert TensorCache(tmp_path / "cache").info().entries == 0
+
+
+def test_methods_and_layers_cli(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "feature_maps", "kernels"]:
+        assert f"\n{name} " in "\n" + out
+    assert main(["layers", "factory:tinynets:tiny_cnn", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "features.2  Conv2d" in out and "16x16x16" in out
+    assert main(["layers", "nonsense"]) == 2
