@@ -58,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--data: folder not found: {cfg.data.path}")
     result = run(cfg, force=args.force, progress=not args.quiet)
     s = result.stats
-    print(f"images: {s.images_ok} rendered, {s.images_skipped} skipped, {s.batches} batches on {cfg.run.device}")
+    print(f"images: {s.images_ok} rendered, {s.images_skipped} skipped, {s.batches} batches on {s.device}")
     print(f"cache: {s.cache_hits} hits, {s.cache_misses} misses, {s.cache_writes} written ({cfg.run.cache_dir})")
     print(f"model work: {s.forward_passes} forward passes, {s.backward_passes} backward passes")
     secs = ", ".join(f"{k} {v:.2f}s" for k, v in s.seconds.items())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,17 @@ class LoadedModel:
     labels: list[str]
 
     @property
+    def weights_source(self) -> str:
+        """Where the weights came from, for people: a file, the factory itself, or nowhere (random init)."""
+        if self.weights is not None:
+            return str(self.weights)
+        if self.source == "factory":
+            return f"set by the factory {self.spec}"
+        if self.source == "torchscript":
+            return f"inside the TorchScript file {self.spec}"
+        return "none: random initialisation (no weights file given)"
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
@@ -124,7 +136,9 @@ def _build(source: str, name: str, num_classes: int | None, device: torch.device
                 raise ModelError(f"unknown torchvision model {name!r}" + (f"; did you mean {' or '.join(hint)}?" if hint else ""))
             return torchvision.models.get_model(name, weights=None, **kwargs)
         if source == "torchscript":
-            return torch.jit.load(name, map_location=device)
+            with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it still loads fine
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(name, map_location=device)
         if source == "factory":
             module_name, _, func_name = name.partition(":")
             try:
@@ -161,6 +175,12 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     if not isinstance(state, dict):
         raise ModelError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    if wrong:
+        raise ModelError(f"{path}: weights do not fit the model: {len(wrong)} tensors of another shape "
+                         f"(e.g. {', '.join(wrong[:3])})")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         parts = []

@@ -40,6 +40,7 @@ __all__ = ["RunStats", "RunResult", "prepare", "check_layers", "run", "label_ind
 
 @dataclass
 class RunStats:
+    device: str = ""
     images_total: int = 0
     images_ok: int = 0
     images_skipped: int = 0
@@ -286,7 +287,7 @@ def _summary(cfg: RunConfig, lm: LoadedModel, stats: RunStats, records: list[Ima
             "name": lm.name,
             "source": lm.source,
             "spec": lm.spec,
-            "weights": str(lm.weights) if lm.weights else None,
+            "weights": lm.weights_source,
             "weights_digest": lm.digest[:12],
             "input_size": list(lm.preprocess.size),
             "resize": lm.preprocess.resize,
@@ -320,7 +321,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, lm: Load
     output = cfg.run.output
     records, skipped = discover(cfg.data.path, cfg.data.limit)
     staging = _prepare_output(output, force)
-    stats = RunStats(images_total=len(records) + len(skipped))
+    stats = RunStats(device=str(lm.device), images_total=len(records) + len(skipped))
     cache = TensorCache(cfg.run.cache_dir)
     try:
         kernels = _kernel_entries(cfg, lm, cache, staging)
