@@ -8,8 +8,11 @@ main run. Writes OUT.pdf directly (the parent hands it a temp name and moves it 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+from urllib.parse import quote, urlsplit
+from urllib.request import url2pathname
 
 __all__ = ["main"]
 
@@ -19,6 +22,25 @@ USAGE = "usage: python -m reportgen.pdf REPORT.html OUT.pdf"
 def _error(message: str) -> int:
     print("reportgen.pdf: error: " + " ".join(str(message).split()), file=sys.stderr)
     return 1
+
+
+def _relative_file_links(document, pdf_dir: Path) -> None:
+    """Rewrite links to local files (assets, raw maps) as URLs relative to the PDF's folder.
+
+    WeasyPrint resolves ``<a href="assets/...">`` to an absolute ``file://`` URL, which would write this machine's
+    folder layout into the PDF and break when the report folder moves. In-document links are left alone.
+    """
+    for page in document.pages:
+        links = []
+        for link_type, target, rectangle, box in page.links:
+            if link_type == "external" and isinstance(target, str) and target.startswith("file:"):
+                try:
+                    rel = os.path.relpath(url2pathname(urlsplit(target).path), pdf_dir)
+                except ValueError:  # another drive (Windows): drop the link rather than leak the path
+                    continue
+                target = quote(Path(rel).as_posix(), safe="/")
+            links.append((link_type, target, rectangle, box))
+        page.links[:] = links
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         base_url = html.resolve().parent.as_uri() + "/"
-        document = weasyprint.HTML(filename=str(html), base_url=base_url, media_type="print")
+        document = weasyprint.HTML(filename=str(html), base_url=base_url, media_type="print").render(
+            optimize_images=False
+        )
+        _relative_file_links(document, target.resolve().parent)
         document.write_pdf(str(target), optimize_images=False)
     except Exception as exc:  # noqa: BLE001 - reported as one line to the parent
         return _error(f"printing {html} failed: {type(exc).__name__}: {exc}")

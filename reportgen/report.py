@@ -192,8 +192,9 @@ def render_html(context: dict, out_dir: Path) -> Path:
     except jinja2.TemplateError as exc:
         raise RenderError(f"rendering {TEMPLATE_NAME} failed: {exc}") from exc
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise RenderError(f"rendering {TEMPLATE_NAME} failed on a malformed context value: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise RenderError(
+            f"rendering {TEMPLATE_NAME} failed on a malformed context value: {type(exc).__name__}: {exc}"
+        ) from exc
 
     html_path = out_dir / HTML_NAME
     try:
@@ -272,7 +273,12 @@ def render_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 900) -> Path
             raise RenderError(f"{msg}; its stderr ends with:\n{tail}" if tail else msg)
         if tmp.stat().st_size == 0:
             raise RenderError(f"printing {html_path} to PDF failed: WeasyPrint wrote an empty file")
-        if tail:
+        errors = [line for line in (proc.stderr or "").splitlines() if line.startswith("weasyprint ERROR")]
+        if errors:  # e.g. an image that failed to load: the PDF is written, with the alt text in its place
+            log.warning(
+                "WeasyPrint reported %d problem(s) printing %s:\n%s", len(errors), html_path, _tail("\n".join(errors))
+            )
+        elif tail:
             log.debug("WeasyPrint stderr for %s:\n%s", html_path, tail)
         os.replace(tmp, pdf_path)
     except OSError as exc:

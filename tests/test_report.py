@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -52,16 +51,33 @@ def build_context(out_dir: Path, n_images: int = 3, *, scale: float = 0.1) -> di
         ("coffee-mug-coffee-png", "coffee mug/coffee & cream.png", "coffee mug", 600, 400),
         ("unlabelled-malicious", MALICIOUS_PATH, None, 300, 451),
         ("rocket-rocket-jpg", "rocket/rocket.jpg", "rocket", 427, 640),
-        ("unlabelled-a-very-long-name", "some/deeply/nested/folder_with_a_really_long_name/image_0001_final_v2.png",
-         None, 640, 480),
+        (
+            "unlabelled-a-very-long-name",
+            "some/deeply/nested/folder_with_a_really_long_name/image_0001_final_v2.png",
+            None,
+            640,
+            480,
+        ),
     ]
     methods = [
-        {"name": "gradcam", "title": "Grad-CAM", "paper": "Selvaraju et al., ICCV 2017",
-         "description": "Gradient-weighted class activation mapping: channel weights from spatially pooled gradients."},
-        {"name": "gradcampp", "title": "Grad-CAM++", "paper": "Chattopadhay et al., WACV 2018",
-         "description": "Grad-CAM with higher-order gradient weights; better localization of several instances."},
-        {"name": "scorecam", "title": "Score-CAM", "paper": "Wang et al., CVPRW 2020",
-         "description": "Gradient-free: weights each activation map by the score increase it causes when used as a mask."},
+        {
+            "name": "gradcam",
+            "title": "Grad-CAM",
+            "paper": "Selvaraju et al., ICCV 2017",
+            "description": "Gradient-weighted class activation mapping: channel weights from spatially pooled gradients.",
+        },
+        {
+            "name": "gradcampp",
+            "title": "Grad-CAM++",
+            "paper": "Chattopadhay et al., WACV 2018",
+            "description": "Grad-CAM with higher-order gradient weights; better localization of several instances.",
+        },
+        {
+            "name": "scorecam",
+            "title": "Score-CAM",
+            "paper": "Wang et al., CVPRW 2020",
+            "description": "Gradient-free: weights each activation map by the score increase it causes when used as a mask.",
+        },
     ]
     images = []
     for i in range(n_images):
@@ -70,40 +86,83 @@ def build_context(out_dir: Path, n_images: int = 3, *, scale: float = 0.1) -> di
             image_id, path = f"{image_id}-{i}", f"{i}/{path}"
         base = f"assets/images/{image_id}"
         preds = [
-            {"rank": r + 1, "class_index": 281 + (i + r) % 8, "class_name": classes[(i + r) % len(classes)],
-             "prob": p}
+            {"rank": r + 1, "class_index": 281 + (i + r) % 8, "class_name": classes[(i + r) % len(classes)], "prob": p}
             for r, p in enumerate([0.7733, 0.1102, 0.0521, 0.0104, 0.00004])
         ]
         correct = None if label is None else preds[0]["class_name"] == label
         fms = [
-            {"layer": layer, "image": img(f"{base}/fm-{layer}.jpg", 500, 520, i), "width": 500, "height": 520,
-             "channels": chans, "shape": shape}
-            for layer, chans, shape in [("blocks.2", [12, 3, 40], [40, 28, 28]),
-                                        ("blocks.5", list(range(0, 64, 4)), [192, 7, 7])]
+            {
+                "layer": layer,
+                "image": img(f"{base}/fm-{layer}.jpg", 500, 520, i),
+                "width": 500,
+                "height": 520,
+                "channels": chans,
+                "shape": shape,
+            }
+            for layer, chans, shape in [
+                ("blocks.2", [12, 3, 40], [40, 28, 28]),
+                ("blocks.5", list(range(0, 64, 4)), [192, 7, 7]),
+            ]
         ]
         cams = []
         for layer in ["bn2", "blocks.5"]:
             target = preds[0]
-            cams.append({
-                "layer": layer, "target_index": target["class_index"], "target_name": target["class_name"],
-                "target_kind": "predicted",
-                "panels": [{"method": m["name"], "title": m["title"],
+            cams.append(
+                {
+                    "layer": layer,
+                    "target_index": target["class_index"],
+                    "target_name": target["class_name"],
+                    "target_kind": "predicted",
+                    "panels": [
+                        {
+                            "method": m["name"],
+                            "title": m["title"],
                             "image": img(f"{base}/cam-{layer}-{target['class_index']}-{m['name']}.jpg", 520, 300, i),
-                            "width": 520, "height": 300} for m in methods],
-            })
-        images.append({
-            "id": image_id if i < len(samples) else image_id, "path": path, "label": label, "width": w, "height": h,
-            "thumb": img(f"{base}/thumb.jpg", min(w, 256), round(h * min(w, 256) / w), i),
-            "correct": correct, "predictions": preds, "feature_maps": fms, "cams": cams,
-            "maps_file": f"maps/{image_id}.safetensors",
-        })
+                            "width": 520,
+                            "height": 300,
+                        }
+                        for m in methods
+                    ],
+                }
+            )
+        images.append(
+            {
+                "id": image_id,
+                "path": path,
+                "label": label,
+                "width": w,
+                "height": h,
+                "thumb": img(f"{base}/thumb.jpg", min(w, 256), round(h * min(w, 256) / w), i),
+                "correct": correct,
+                "predictions": preds,
+                "feature_maps": fms,
+                "cams": cams,
+                "maps_file": f"maps/{image_id}.safetensors",
+            }
+        )
     kernels = [
-        {"layer": "conv_stem", "shape": [32, 3, 3, 3], "shown": 32, "total": 32, "rgb": True,
-         "image": img("assets/kernels/conv_stem.jpg", 400, 300), "width": 400, "height": 300,
-         "caption": "32 of 32 filters, ranked by L2 norm; RGB, scaled over the whole layer"},
-        {"layer": "blocks.1.0.conv_pw", "shape": [24, 32, 1, 1], "shown": 24, "total": 24, "rgb": False,
-         "image": img("assets/kernels/blocks.1.0.conv_pw.jpg", 600, 260, 1), "width": 600, "height": 260,
-         "caption": "24 of 24 filters, ranked by L2 norm; input channel mean, scaled per filter"},
+        {
+            "layer": "conv_stem",
+            "shape": [32, 3, 3, 3],
+            "shown": 32,
+            "total": 32,
+            "rgb": True,
+            "image": img("assets/kernels/conv_stem.jpg", 400, 300),
+            "width": 400,
+            "height": 300,
+            "caption": "32 of 32 filters, ranked by L2 norm; RGB, scaled over the whole layer",
+        },
+        {
+            "layer": "blocks.1.0.conv_pw",
+            "shape": [24, 32, 1, 1],
+            "shown": 24,
+            "total": 24,
+            "rgb": False,
+            "image": img("assets/kernels/blocks.1.0.conv_pw.jpg", 600, 260, 1),
+            "width": 600,
+            "height": 260,
+            "caption": "24 of 24 filters, ranked by L2 norm; input channel mean, scaled per filter",
+        },
     ]
     n_ok = len(images)
     return {
@@ -111,17 +170,41 @@ def build_context(out_dir: Path, n_images: int = 3, *, scale: float = 0.1) -> di
         "generated_at": "2026-11-27T18:40:00+00:00",
         "reportgen_version": "0.1.0",
         "config_path": "configs/demo.yaml",
-        "run": {"device": "cpu", "duration_s": 12.3, "images_total": n_ok + 1, "images_ok": n_ok, "images_skipped": 1,
-                "batches": 2, "batch_size": 4, "cache_hits": 40, "cache_misses": 0, "forward_passes": 0,
-                "backward_passes": 0},
-        "model": {"name": "tf_efficientnet_lite0", "source": "factory", "spec": "reportgen.zoo:efficientnet_lite0",
-                  "weights": "/path/efficientnet-lite0-57934424.pth", "weights_digest": "3f2a9c1d7b10",
-                  "input_size": [224, 224], "resize": "squash", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                  "num_parameters": 4652008, "num_classes": 1000},
-        "dataset": {"root": "outputs/demo-images",
-                    "classes": [{"name": "Egyptian cat", "count": 1}, {"name": "coffee mug", "count": 1},
-                                {"name": "rocket", "count": 1}],
-                    "unlabelled": 3},
+        "run": {
+            "device": "cpu",
+            "duration_s": 12.3,
+            "images_total": n_ok + 1,
+            "images_ok": n_ok,
+            "images_skipped": 1,
+            "batches": 2,
+            "batch_size": 4,
+            "cache_hits": 40,
+            "cache_misses": 0,
+            "forward_passes": 0,
+            "backward_passes": 0,
+        },
+        "model": {
+            "name": "tf_efficientnet_lite0",
+            "source": "factory",
+            "spec": "reportgen.zoo:efficientnet_lite0",
+            "weights": "/path/efficientnet-lite0-57934424.pth",
+            "weights_digest": "3f2a9c1d7b10",
+            "input_size": [224, 224],
+            "resize": "squash",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "num_parameters": 4652008,
+            "num_classes": 1000,
+        },
+        "dataset": {
+            "root": "outputs/demo-images",
+            "classes": [
+                {"name": "Egyptian cat", "count": 1},
+                {"name": "coffee mug", "count": 1},
+                {"name": "rocket", "count": 1},
+            ],
+            "unlabelled": 3,
+        },
         "methods": methods,
         "skipped": [{"path": "broken.jpg", "reason": "cannot identify image file"}],
         "kernels": kernels,
@@ -276,6 +359,16 @@ def test_render_pdf(rendered, tmp_path):
     names = list(titles(outline))
     assert "Overview" in names and "Kernel gallery" in names
     assert any("chelsea.png" in n for n in names)
+    assert reader.metadata.title == context["title"]
+    uris = [
+        annot.get_object()["/A"].get_object().get("/URI")
+        for page in reader.pages
+        for annot in page.get("/Annots") or []
+        if "/A" in annot.get_object()
+    ]
+    uris = [str(u) for u in uris if u is not None]
+    assert uris, "asset links missing"
+    assert not [u for u in uris if u.startswith(("file:", "/"))], "PDF links must not carry local absolute paths"
     text = reader.pages[1].extract_text()
     assert "of" in text and "page" in text
 
