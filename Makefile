@@ -4,9 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint clean-outputs
+.PHONY: install system-deps demo test lint clean-outputs
+
+# WeasyPrint draws with Pango and subsets fonts with HarfBuzz's subsetter (without it, a slow pure-Python
+# fallback). Installed from Debian when missing and we may; otherwise a note, never a failure.
+SYSTEM_LIBS := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
+system-deps:
+	@if ldconfig -p 2>/dev/null | grep -q libharfbuzz-subset && ldconfig -p 2>/dev/null | grep -q libpangoft2; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing $(SYSTEM_LIBS) (apt-get)"; \
+	  (apt-get install -y -qq $(SYSTEM_LIBS) || (apt-get update -qq && apt-get install -y -qq $(SYSTEM_LIBS))) >/dev/null 2>&1 \
+	    || echo "note: could not install $(SYSTEM_LIBS); PDFs may fail or print slowly"; \
+	else echo "note: install $(SYSTEM_LIBS) with your package manager for the PDF report"; fi
 
 $(STAMP): pyproject.toml
+	$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: on this project's machines both wheels lie on local disk (no multi-GB download).

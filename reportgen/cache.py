@@ -4,7 +4,8 @@ A key is the SHA-256 of a canonical JSON of everything the value depends on (mod
 weights digest, preprocessing; method and its parameters; layer; target; image bytes digest) plus
 ``SCHEMA_VERSION``; it is computed before any work. A value is a safetensors file of named tensors and string
 metadata, written under a temporary name and moved into place with ``os.replace``, so a crash never leaves a
-half-written entry. Layout: ``CACHE_DIR/ab/abcdef….safetensors``.
+half-written entry. Layout: ``CACHE_DIR/ab/abcdef….safetensors``. Values are numpy arrays: reading the cache
+never imports torch, so a fully cached rerun does not pay for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from reportgen.errors import CacheError
 
@@ -51,8 +52,8 @@ class TensorCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-        """(tensors on the CPU, metadata) for ``key``, or None. A corrupt entry counts as a miss and is removed."""
+    def get(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+        """(arrays, metadata) for ``key``, or None. A corrupt entry counts as a miss and is removed."""
         from safetensors import safe_open
 
         path = self._path(key)
@@ -60,25 +61,25 @@ class TensorCache:
             self.misses += 1
             return None
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            with safe_open(str(path), framework="np") as f:
+                arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
                 meta = dict(f.metadata() or {})
         except Exception:  # a truncated or foreign file: recompute rather than fail the run
             path.unlink(missing_ok=True)
             self.misses += 1
             return None
         self.hits += 1
-        return tensors, meta
+        return arrays, meta
 
     def has(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def put(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
-        """Store ``tensors`` (each copied to a compact contiguous CPU tensor) atomically under ``key``."""
-        from safetensors.torch import save_file
+    def put(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, str] | None = None) -> None:
+        """Store ``arrays`` atomically under ``key`` (each written as its own compact contiguous copy)."""
+        from safetensors.numpy import save_file
 
         path = self._path(key)
-        compact = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+        compact = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")

@@ -51,12 +51,20 @@ def _load(path: Path):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from reportgen.runner import run
+    from reportgen.report import PdfJob
 
-    cfg = _load(args.config).with_overrides(data=args.data, output=args.output, cache_dir=args.cache_dir, device=args.device)
-    if args.data is not None and not cfg.data.path.is_dir():
-        raise UsageError(f"--data: folder not found: {cfg.data.path}")
-    result = run(cfg, force=args.force, progress=not args.quiet)
+    # The PDF printer's interpreter and WeasyPrint import start first, in parallel with everything below.
+    pdf_job = PdfJob()
+    try:
+        from reportgen.runner import run
+
+        cfg = _load(args.config).with_overrides(data=args.data, output=args.output, cache_dir=args.cache_dir,
+                                                device=args.device)
+        if args.data is not None and not cfg.data.path.is_dir():
+            raise UsageError(f"--data: folder not found: {cfg.data.path}")
+        result = run(cfg, force=args.force, progress=not args.quiet, pdf_job=pdf_job)
+    finally:
+        pdf_job.cancel()
     s = result.stats
     print(f"images: {s.images_ok} rendered, {s.images_skipped} skipped, {s.batches} batches on {s.device}")
     print(f"cache: {s.cache_hits} hits, {s.cache_misses} misses, {s.cache_writes} written ({cfg.run.cache_dir})")
@@ -73,9 +81,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from reportgen.runner import prepare
 
     cfg = _load(args.config)
-    lm = prepare(cfg)
+    model = prepare(cfg)
     layers = len(cfg.kernels.layers) + len(cfg.feature_maps.layers) + len(cfg.cams.layers)
-    print(f"{args.config}: ok ({lm.name}, {layers} layer references checked, device {lm.device})")
+    print(f"{args.config}: ok ({model.card.name}, {layers} layer references checked)")
     return 0
 
 

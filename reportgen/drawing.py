@@ -59,7 +59,7 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
     def name(i: int) -> str:
         return class_names[i] if 0 <= i < len(class_names) else f"class {i}"
 
-    logits = results[("pred",)][0]["logits"].float().numpy()
+    logits = np.asarray(results[("pred",)][0]["logits"], dtype=np.float32)
     raw["logits"] = logits
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
@@ -75,21 +75,21 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
     }
     for layer in fm_layers:
         tensors, _ = results[("fm", layer)]
-        maps = tensors["maps"].float().numpy()
+        maps = np.asarray(tensors["maps"], dtype=np.float32)
         channels = [int(c) for c in tensors["channels"]]
         raw[f"feature_maps/{layer}"] = maps
-        raw[f"feature_maps/{layer}/channels"] = tensors["channels"].numpy()
+        raw[f"feature_maps/{layer}/channels"] = np.asarray(tensors["channels"])
         fig = _save(feature_panel(maps, channels), root, f"{base}/fm-{layer}.jpg")
         entry["feature_maps"].append({"layer": layer, **fig, "channels": channels, "shape": list(maps.shape)})
     for layer in cam_layers:
         groups: list[dict] = []
         for method, title in zip(methods, method_titles, strict=True):
             tensors, meta = results[("cam", method, layer)]
-            maps = tensors["maps"].float().numpy()
+            maps = np.asarray(tensors["maps"], dtype=np.float32)
             targets = [int(t) for t in tensors["targets"]]
             kinds = json.loads(meta.get("target_kinds", "[]")) or ["predicted"] * len(targets)
             raw[f"cam/{method}/{layer}"] = maps
-            raw[f"cam/{method}/{layer}/targets"] = tensors["targets"].numpy()
+            raw[f"cam/{method}/{layer}/targets"] = np.asarray(tensors["targets"])
             if not groups:
                 groups = [{"layer": layer, "target_index": t, "target_name": name(t), "target_kind": k, "panels": []}
                           for t, k in zip(targets, kinds, strict=True)]

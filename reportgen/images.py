@@ -1,4 +1,4 @@
-"""Find images, decode them (EXIF-aware, any mode → RGB), and batch them through a DataLoader.
+"""Find images and decode them (EXIF-aware, any mode → RGB). Batching for the model is in ``batches.py``.
 
 A folder is walked recursively in sorted order. A file inside a subfolder takes the subfolder's name as its
 label (torchvision's ImageFolder convention, first level under the root); files at the root are unlabelled.
@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
 
 from reportgen.errors import DataError
-from reportgen.models import Preprocess
+from reportgen.modelcard import Preprocess
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageRecord",
-    "Skipped",
-    "Batch",
-    "discover",
-    "decode",
-    "to_tensor",
-    "crop_box",
-    "iter_batches",
-]
+__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "Skipped", "discover", "decode", "crop_box", "display_image"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 @dataclass(frozen=True)
@@ -53,25 +39,6 @@ class ImageRecord:
 class Skipped:
     rel: str
     reason: str
-
-
-@dataclass
-class Batch:
-    """Decoded images of one batch. Failures are images of the batch that could not be decoded.
-
-    Attributes:
-        indices: record index per decoded image.
-        tensor: (N, 3, H, W) float32, normalised network input (N may be 0).
-        displays: per image, the photo (h, w, 3) uint8 scaled to the report's display size.
-        boxes: per image, (left, top, right, bottom) of the region the network saw, in display pixels.
-        failures: (record index, reason) for each image that failed to decode.
-    """
-
-    indices: list[int]
-    tensor: torch.Tensor
-    displays: list[np.ndarray]
-    boxes: list[tuple[int, int, int, int]]
-    failures: list[tuple[int, str]]
 
 
 def _slug(text: str) -> str:
@@ -146,67 +113,10 @@ def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, fl
     return left, top, left + box_w, top + box_h
 
 
-def to_tensor(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """RGB PIL image → (3, H, W) float32, resized/cropped and normalised per ``pre``."""
-    out_h, out_w = pre.size
-    resample = _RESAMPLE[pre.interpolation]
-    if pre.resize == "squash":
-        img = img.resize((out_w, out_h), resample)
-    else:
-        img = img.resize((out_w, out_h), resample, box=crop_box(img.width, img.height, pre))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    mean = np.asarray(pre.mean, dtype=np.float32)
-    std = np.asarray(pre.std, dtype=np.float32)
-    return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())
-
-
-class _ImageDataset(Dataset):
-    def __init__(self, records: Sequence[ImageRecord], pre: Preprocess, display_size: int):
-        self.records = records
-        self.pre = pre
-        self.display_size = display_size
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict:
-        record = self.records[i]
-        try:
-            img = decode(record.path)
-        except Exception as exc:  # any decoder failure means: skip this image, keep the run going
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return {"index": record.index, "error": f"cannot decode image: {reason}"}
-        tensor = to_tensor(img, self.pre)
-        box = crop_box(img.width, img.height, self.pre)
-        display = img.copy()
-        display.thumbnail((self.display_size, self.display_size), Image.BICUBIC)
-        sx, sy = display.width / img.width, display.height / img.height
-        dbox = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
-        return {"index": record.index, "tensor": tensor, "display": np.asarray(display), "box": dbox}
-
-
-def _collate(items: list[dict]) -> Batch:
-    ok = [it for it in items if "error" not in it]
-    tensor = torch.stack([it["tensor"] for it in ok]) if ok else torch.empty(0)
-    return Batch(
-        indices=[it["index"] for it in ok],
-        tensor=tensor,
-        displays=[it["display"] for it in ok],
-        boxes=[it["box"] for it in ok],
-        failures=[(it["index"], it["error"]) for it in items if "error" in it],
-    )
-
-
-def iter_batches(
-    records: Sequence[ImageRecord], pre: Preprocess, *, batch_size: int, workers: int = 0, display_size: int = 384
-) -> Iterator[Batch]:
-    """Decoded batches in record order; ``workers`` > 0 decodes in that many processes."""
-    loader = DataLoader(
-        _ImageDataset(records, pre, display_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-    )
-    yield from loader
+def display_image(img: Image.Image, pre: Preprocess, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The photo scaled to fit ``size`` × ``size`` for the report, and the network's region in its pixels."""
+    box = crop_box(img.width, img.height, pre)
+    display = img.copy()
+    display.thumbnail((size, size), Image.BICUBIC)
+    sx, sy = display.width / img.width, display.height / img.height
+    return np.asarray(display), (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))

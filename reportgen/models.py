@@ -19,10 +19,11 @@ from torch import nn
 
 from reportgen.config import ModelConfig, PreprocessConfig, close_matches
 from reportgen.errors import ModelError
+from reportgen.modelcard import MODEL_SEED, LayerInfo, ModelCard, Preprocess, label_names
 
 __all__ = [
-    "Preprocess",
     "LoadedModel",
+    "layer_infos",
     "load_model",
     "resolve_device",
     "weights_digest",
@@ -35,63 +36,29 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """Image → tensor recipe. ``size`` is (height, width) of the network input."""
-
-    size: tuple[int, int]
-    resize: str
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def as_dict(self) -> dict:
-        return {
-            "size": list(self.size),
-            "resize": self.resize,
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-
-
 @dataclass
 class LoadedModel:
-    """A model ready for the methods. ``module`` is in eval mode on ``device``."""
+    """A built model ready for the methods: ``module`` in eval mode on ``device``, with its card and labels."""
 
     module: nn.Module
-    name: str
-    source: str
-    spec: str
-    weights: Path | None
-    digest: str
+    card: ModelCard
     device: torch.device
-    preprocess: Preprocess
     labels: list[str]
 
     @property
-    def weights_source(self) -> str:
-        """Where the weights came from, for people: a file, the factory itself, or nowhere (random init)."""
-        if self.weights is not None:
-            return str(self.weights)
-        if self.source == "factory":
-            return f"set by the factory {self.spec}"
-        if self.source == "torchscript":
-            return f"inside the TorchScript file {self.spec}"
-        return "none: random initialisation (no weights file given)"
+    def preprocess(self) -> Preprocess:
+        return self.card.preprocess
 
     @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+    def name(self) -> str:
+        return self.card.name
 
-    def label(self, index: int) -> str:
-        return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
+    @property
+    def digest(self) -> str:
+        return self.card.digest
 
     def identity(self) -> dict:
-        """What makes this model's outputs what they are: the cache key's model part."""
-        return {"arch": f"{self.source}:{self.spec}", "weights": self.digest, "preprocess": self.preprocess.as_dict()}
+        return self.card.identity()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -217,20 +184,6 @@ def _resolve_preprocess(model: nn.Module, cfg: PreprocessConfig) -> Preprocess:
     )
 
 
-def _labels(spec: str | Path, num_classes: int) -> list[str]:
-    if spec == "none":
-        return [f"class {i}" for i in range(num_classes)]
-    if spec == "imagenet":
-        from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-        names = list(_IMAGENET_CATEGORIES)
-    else:
-        names = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(names) < num_classes:
-        names += [f"class {i}" for i in range(len(names), num_classes)]
-    return names
-
-
 def _num_classes(model: nn.Module, preprocess: Preprocess, device: torch.device) -> int:
     with torch.no_grad():
         out = model(torch.zeros(1, 3, *preprocess.size, device=device))
@@ -240,29 +193,65 @@ def _num_classes(model: nn.Module, preprocess: Preprocess, device: torch.device)
     return int(out.shape[1])
 
 
+def _is_conv2d(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    kind = getattr(module, "original_name", type(module).__name__)  # TorchScript keeps the class name here
+    return isinstance(module, nn.Conv2d) or (kind == "Conv2d" and isinstance(weight, torch.Tensor) and weight.ndim == 4)
+
+
+def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
+    """Every named submodule: class name, Conv2d or not, weight shape."""
+    out = {}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        weight = getattr(module, "weight", None)
+        shape = tuple(int(d) for d in weight.shape) if isinstance(weight, torch.Tensor) else None
+        out[name] = LayerInfo(getattr(module, "original_name", type(module).__name__), _is_conv2d(module), shape)
+    return out
+
+
+def _weights_source(cfg: ModelConfig) -> str:
+    if cfg.weights is not None:
+        return str(cfg.weights)
+    if cfg.source == "factory":
+        return f"set by the factory {cfg.name}"
+    if cfg.source == "torchscript":
+        return f"inside the TorchScript file {cfg.name}"
+    return f"none: random initialisation (seed {MODEL_SEED}, no weights file given)"
+
+
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build, fill and move the model; return it in eval mode with its preprocessing and labels."""
+    """Build, fill and move the model; return it in eval mode with its card and labels.
+
+    Random initialisation is drawn under a fixed seed (without touching the global RNG), so a model with no
+    weights file is the same model on every run, and its cache entries are reused.
+    """
     dev = resolve_device(device) if isinstance(device, str) else device
-    module = _build(cfg.source, cfg.name, cfg.num_classes, dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(MODEL_SEED)
+        module = _build(cfg.source, cfg.name, cfg.num_classes, dev)
     if cfg.weights is not None:
         _load_weights(module, cfg.weights)
     digest = weights_digest(module)
     module = module.to(dev).eval()
     preprocess = _resolve_preprocess(module, cfg.preprocess)
-    classes = _num_classes(module, preprocess, dev)
-    spec = cfg.name
+    classes = cfg.num_classes or getattr(module, "num_classes", None)
+    if not isinstance(classes, int) or classes <= 0:
+        classes = _num_classes(module, preprocess, dev)
     name = Path(cfg.name).name if cfg.source == "torchscript" else cfg.name.rsplit(":", 1)[-1]
-    return LoadedModel(
-        module=module,
+    card = ModelCard(
         name=name,
         source=cfg.source,
-        spec=spec,
-        weights=cfg.weights,
+        spec=cfg.name,
+        weights_source=_weights_source(cfg),
         digest=digest,
-        device=dev,
         preprocess=preprocess,
-        labels=_labels(cfg.labels, classes),
+        num_classes=classes,
+        num_parameters=sum(p.numel() for p in module.parameters()),
+        layers=layer_infos(module),
     )
+    return LoadedModel(module=module, card=card, device=dev, labels=label_names(cfg.labels, classes))
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

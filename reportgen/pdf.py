@@ -16,7 +16,7 @@ from urllib.request import url2pathname
 
 __all__ = ["main"]
 
-USAGE = "usage: python -m reportgen.pdf REPORT.html OUT.pdf"
+USAGE = "usage: python -m reportgen.pdf REPORT.html OUT.pdf  (or --wait, then go<TAB>HTML<TAB>OUT on stdin)"
 
 
 def _error(message: str) -> int:
@@ -45,11 +45,14 @@ def _relative_file_links(document, pdf_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
+    # --wait: import WeasyPrint first, then read "go<TAB>HTML<TAB>OUT" from stdin. The parent starts the child
+    # early this way, so the interpreter start and the import overlap with the run instead of following it.
+    wait = args == ["--wait"]
+    if not wait and len(args) != 2:
         return _error(f"expected 2 arguments, got {len(args)}; {USAGE}")
-    html = Path(args[0])
-    target = Path(args[1])
-    if not html.is_file():
+    html = Path(args[0]) if not wait else Path()
+    target = Path(args[1]) if not wait else Path()
+    if not wait and not html.is_file():
         return _error(f"HTML file {html} does not exist")
 
     # WeasyPrint logs problems (missing images, unsupported CSS) as warnings; send them to stderr, one per line,
@@ -66,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - reported as one line to the parent
         return _error(f"cannot import weasyprint: {type(exc).__name__}: {exc}")
 
+    if wait:
+        order = sys.stdin.readline().rstrip("\n").split("\t")
+        if len(order) != 3 or order[0] != "go":
+            return 3  # the parent cancelled (its run failed or printed no PDF): nothing to print
+        html, target = Path(order[1]), Path(order[2])
+        if not html.is_file():
+            return _error(f"HTML file {html} does not exist")
     try:
         base_url = html.resolve().parent.as_uri() + "/"
         document = weasyprint.HTML(filename=str(html), base_url=base_url, media_type="print").render(

@@ -27,7 +27,7 @@ from markupsafe import Markup
 
 from reportgen.errors import RenderError
 
-__all__ = ["render_html", "render_pdf"]
+__all__ = ["render_html", "render_pdf", "PdfJob"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def _write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -224,6 +225,82 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+class PdfJob:
+    """A WeasyPrint child process started ahead of time; ``finish`` prints, ``cancel`` stops it.
+
+    The child starts its interpreter and imports WeasyPrint while the run is still working, then waits for
+    the parent's order. The PDF is written to a temp name beside ``pdf_path`` and moved into place only on
+    success, so ``pdf_path`` is either the old file or a complete new one.
+    """
+
+    def __init__(self) -> None:
+        cmd = [sys.executable, "-m", "reportgen.pdf", "--wait"]
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, errors="replace", env=_child_env())
+        except OSError as exc:
+            raise RenderError(f"cannot start the PDF printer ({sys.executable} -m reportgen.pdf): {exc}") from exc
+
+    def cancel(self) -> None:
+        """Stop the child if it is still waiting (idempotent)."""
+        if self.proc.returncode is not None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def finish(self, html_path: Path, pdf_path: Path, timeout: float = 900) -> Path:
+        """Print ``html_path`` to ``pdf_path`` now; ``RenderError`` with the end of the child's stderr on failure."""
+        html_path, pdf_path, proc = Path(html_path), Path(pdf_path), self.proc
+        if not html_path.is_file():
+            self.cancel()
+            raise RenderError(f"cannot print PDF: HTML file {html_path} does not exist")
+        try:
+            pdf_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{pdf_path.name}.", suffix=".tmp", dir=pdf_path.parent)
+            os.close(fd)
+        except OSError as exc:
+            self.cancel()
+            raise RenderError(f"cannot print PDF: cannot write to {pdf_path.parent}: {exc}") from exc
+        tmp = Path(tmp_name)
+        try:
+            try:
+                _, stderr = proc.communicate(f"go\t{html_path}\t{tmp}\n", timeout=timeout)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                _, stderr = proc.communicate()
+                tail = _tail(stderr)
+                msg = f"printing {html_path} to PDF timed out after {timeout:g} s"
+                raise RenderError(f"{msg}; WeasyPrint stderr:\n{tail}" if tail else msg) from exc
+            tail = _tail(stderr)
+            if proc.returncode != 0:
+                if proc.returncode < 0:
+                    why = f"was killed by signal {-proc.returncode}"
+                else:
+                    why = f"exited with status {proc.returncode}"
+                msg = f"printing {html_path} to PDF failed: the WeasyPrint child process {why}"
+                raise RenderError(f"{msg}; its stderr ends with:\n{tail}" if tail else msg)
+            if tmp.stat().st_size == 0:
+                raise RenderError(f"printing {html_path} to PDF failed: WeasyPrint wrote an empty file")
+            errors = [line for line in (stderr or "").splitlines() if line.startswith("weasyprint ERROR")]
+            if errors:  # e.g. an image that failed to load: the PDF is written, with the alt text in its place
+                log.warning(
+                    "WeasyPrint reported %d problem(s) printing %s:\n%s", len(errors), html_path, _tail("\n".join(errors))
+                )
+            elif tail:
+                log.debug("WeasyPrint stderr for %s:\n%s", html_path, tail)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, pdf_path)
+        except OSError as exc:
+            raise RenderError(f"cannot write PDF {pdf_path}: {exc}") from exc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            tmp.unlink(missing_ok=True)
+        return pdf_path
+
+
 def render_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 900) -> Path:
     """Print ``html_path`` to ``pdf_path`` with WeasyPrint in a child process and return ``pdf_path``.
 
@@ -232,57 +309,6 @@ def render_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 900) -> Path
     A non-zero exit, a crash or ``timeout`` seconds passing raise ``RenderError`` with the end of the child's stderr.
     """
     html_path = Path(html_path)
-    pdf_path = Path(pdf_path)
     if not html_path.is_file():
         raise RenderError(f"cannot print PDF: HTML file {html_path} does not exist")
-    try:
-        pdf_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{pdf_path.name}.", suffix=".tmp", dir=pdf_path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise RenderError(f"cannot print PDF: cannot write to {pdf_path.parent}: {exc}") from exc
-    tmp = Path(tmp_name)
-
-    cmd = [sys.executable, "-m", "reportgen.pdf", str(html_path), str(tmp)]
-    try:
-        try:
-            proc = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                env=_child_env(),
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            tail = _tail(exc.stderr)
-            msg = f"printing {html_path} to PDF timed out after {timeout:g} s"
-            raise RenderError(f"{msg}; WeasyPrint stderr:\n{tail}" if tail else msg) from exc
-        except OSError as exc:
-            raise RenderError(f"cannot start the PDF printer ({sys.executable} -m reportgen.pdf): {exc}") from exc
-
-        tail = _tail(proc.stderr)
-        if proc.returncode != 0:
-            if proc.returncode < 0:
-                why = f"was killed by signal {-proc.returncode}"
-            else:
-                why = f"exited with status {proc.returncode}"
-            msg = f"printing {html_path} to PDF failed: the WeasyPrint child process {why}"
-            raise RenderError(f"{msg}; its stderr ends with:\n{tail}" if tail else msg)
-        if tmp.stat().st_size == 0:
-            raise RenderError(f"printing {html_path} to PDF failed: WeasyPrint wrote an empty file")
-        errors = [line for line in (proc.stderr or "").splitlines() if line.startswith("weasyprint ERROR")]
-        if errors:  # e.g. an image that failed to load: the PDF is written, with the alt text in its place
-            log.warning(
-                "WeasyPrint reported %d problem(s) printing %s:\n%s", len(errors), html_path, _tail("\n".join(errors))
-            )
-        elif tail:
-            log.debug("WeasyPrint stderr for %s:\n%s", html_path, tail)
-        os.replace(tmp, pdf_path)
-    except OSError as exc:
-        raise RenderError(f"cannot write PDF {pdf_path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return pdf_path
+    return PdfJob().finish(html_path, pdf_path, timeout)

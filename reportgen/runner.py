@@ -19,23 +19,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
 from reportgen import __version__
 from reportgen.cache import TensorCache, cache_key
-from reportgen.config import RunConfig
+from reportgen.config import RunConfig, close_matches
 from reportgen.drawing import draw_image, draw_kernels
 from reportgen.errors import ConfigError, ModelError, UsageError
-from reportgen.hooks import borrowed, capture
-from reportgen.images import ImageRecord, Skipped, discover, iter_batches
+from reportgen.images import ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
-from reportgen.methods.cam import gradient_cams, resolve_targets
-from reportgen.methods.feature_maps import top_channels
-from reportgen.methods.kernels import select_kernels
-from reportgen.models import LoadedModel, find_layer, load_model
+from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, write_card
 
-__all__ = ["RunStats", "RunResult", "prepare", "check_layers", "run", "label_index"]
+__all__ = ["RunStats", "RunResult", "ModelHandle", "prepare", "check_layers", "run", "label_index"]
 
 
 @dataclass
@@ -63,33 +59,88 @@ class RunResult:
     stats: RunStats
 
 
-def check_layers(cfg: RunConfig, model: torch.nn.Module) -> list[str]:
+class ModelHandle:
+    """The model of a run: its card at once (from the cache when known), the built module only when needed."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.key = recipe_key(cfg.model)
+        self._loaded = None
+        self._fresh = False
+        card = read_card(cfg.run.cache_dir, self.key)
+        if card is None:
+            self._loaded = self._build()
+            self._fresh = True
+            card = self._loaded.card
+        self.card: ModelCard = card
+        self.labels = label_names(cfg.model.labels, card.num_classes)
+
+    def _build(self):
+        from reportgen.models import load_model
+
+        return load_model(self.cfg.model, self.cfg.run.device)
+
+    @property
+    def built(self) -> bool:
+        return self._loaded is not None
+
+    def loaded(self):
+        """The built model (``reportgen.models.LoadedModel``), building it now if needed."""
+        if self._loaded is None:
+            lm = self._build()
+            if lm.card.digest != self.card.digest:
+                write_card(self.cfg.run.cache_dir, self.key, lm.card)
+                raise ModelError(
+                    f"model {self.cfg.model.name!r} was built with other weights than recorded for the same recipe "
+                    f"(digest {lm.card.digest[:12]} vs {self.card.digest[:12]}); the record was refreshed: run again"
+                )
+            self._loaded = lm
+        return self._loaded
+
+    def remember(self) -> None:
+        """Memoize a freshly built model's card, so the next fully cached run can skip building it."""
+        if self._fresh:
+            write_card(self.cfg.run.cache_dir, self.key, self.card)
+            self._fresh = False
+
+    def device_label(self) -> str:
+        if self._loaded is not None:
+            return str(self._loaded.device)
+        return f"{self.cfg.run.device} (not used: every result came from the cache)"
+
+
+def check_layers(cfg: RunConfig, layers: dict[str, LayerInfo]) -> list[str]:
     """One config-error line per requested layer that the model does not have (or that cannot serve its section)."""
     problems = []
+    names_in_model = list(layers)
     sections = (("kernels.layers", cfg.kernels.layers), ("feature_maps.layers", cfg.feature_maps.layers),
                 ("cams.layers", cfg.cams.layers))
     for key, names in sections:
         for i, name in enumerate(names):
-            try:
-                layer = find_layer(model, name)
-            except ModelError as exc:
-                problems.append(f"{cfg.where(f'{key}[{i}]')}: {exc}")
-                continue
-            if key == "kernels.layers" and not isinstance(layer, torch.nn.Conv2d):
-                problems.append(f"{cfg.where(f'{key}[{i}]')}: layer {name!r} is a {type(layer).__name__}, expected a Conv2d")
+            where = cfg.where(f"{key}[{i}]")
+            info = layers.get(name)
+            if info is None:
+                hint = close_matches(name, names_in_model)
+                problems.append(f"{where}: no layer named {name!r}"
+                                + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""))
+            elif key == "kernels.layers" and not info.conv2d:
+                problems.append(f"{where}: layer {name!r} is a {info.type}, expected a Conv2d")
     return problems
 
 
-def prepare(cfg: RunConfig) -> LoadedModel:
-    """Load the model and check every layer name against it; ``ConfigError`` lists every problem at once."""
+def prepare(cfg: RunConfig) -> ModelHandle:
+    """The model's card (building the model if it is not known yet) with every layer name checked against it.
+
+    Raises ``ConfigError`` listing every problem at once.
+    """
     try:
-        lm = load_model(cfg.model, cfg.run.device)
+        handle = ModelHandle(cfg)
     except ModelError as exc:
         raise ConfigError(f"{cfg.where('model')}: {exc}") from exc
-    problems = check_layers(cfg, lm.module)
+    problems = check_layers(cfg, handle.card.layers)
     if problems:
         raise ConfigError(problems)
-    return lm
+    return handle
 
 
 def label_index(label: str | None, labels: list[str]) -> int | None:
@@ -109,10 +160,10 @@ def label_index(label: str | None, labels: list[str]) -> int | None:
 class _Planner:
     """Cache keys for one image's results, computed before any work."""
 
-    def __init__(self, cfg: RunConfig, lm: LoadedModel):
+    def __init__(self, cfg: RunConfig, card: ModelCard, labels: list[str]):
         self.cfg = cfg
-        self.model = lm.identity()
-        self.labels = lm.labels
+        self.model = card.identity()
+        self.labels = labels
 
     def keys(self, rec: ImageRecord) -> dict[tuple, str]:
         base = {"model": self.model, "image": rec.digest}
@@ -131,84 +182,21 @@ class _Planner:
         return keys
 
 
-def _compute(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, wanted: set[tuple], labels: list[int | None],
-             stats: RunStats) -> dict[tuple, list[tuple[dict[str, torch.Tensor], dict[str, str]]]]:
-    """Run the model once on ``x`` and produce every wanted entry, per image, as (tensors, metadata)."""
-    fm_layers = sorted({w[1] for w in wanted if w[0] == "fm"})
-    cam_methods = [m for m in cfg.cams.methods if any(w[0] == "cam" and w[1] == m for w in wanted)]
-    cam_layers = [la for la in cfg.cams.layers if any(w[0] == "cam" and w[2] == la for w in wanted)] if cam_methods else []
-    n = x.shape[0]
-    out: dict[tuple, list] = {}
-    model = lm.module
-    with borrowed(model), capture(model, [*fm_layers, *cam_layers], grad=bool(cam_layers)) as caught:
-        with torch.enable_grad() if cam_layers else torch.inference_mode():
-            logits = model(x)
-        stats.forward_passes += 1
-        probs_src = logits.detach().float()
-        out[("pred",)] = [({"logits": probs_src[i].cpu()}, {}) for i in range(n)]
-        for layer in fm_layers:
-            maps, idx, means = top_channels(caught[layer], cfg.feature_maps.top_k)
-            maps, idx, means = maps.cpu(), idx.cpu(), means.cpu()
-            out[("fm", layer)] = [({"maps": maps[i], "channels": idx[i], "means": means[i]}, {}) for i in range(n)]
-        if cam_layers:
-            targets, kinds = resolve_targets(probs_src, cfg.cams.target, class_index=cfg.cams.class_index,
-                                             top_k=cfg.cams.top_k, labels=labels)
-            maps = gradient_cams(logits, {la: caught[la] for la in cam_layers}, targets, cam_methods)
-            stats.backward_passes += targets.shape[1]
-            targets_cpu = targets.cpu()
-            for (layer, method), m in maps.items():
-                m = m.cpu()
-                out[("cam", method, layer)] = [
-                    ({"maps": m[i], "targets": targets_cpu[i]}, {"target_kinds": json.dumps(kinds[i])}) for i in range(n)
-                ]
-    return out
-
-
-def _results_for_batch(cfg: RunConfig, lm: LoadedModel, cache: TensorCache, planner: _Planner,
-                       recs: list[ImageRecord], x: torch.Tensor, stats: RunStats) -> list[dict[tuple, tuple]]:
-    """Per image of the batch: result name → (tensors, metadata), from the cache or computed now."""
-    keys = [planner.keys(rec) for rec in recs]
-    found: list[dict[tuple, tuple]] = [{} for _ in recs]
-    missing_rows: list[int] = []
-    wanted: set[tuple] = set()
-    for row, image_keys in enumerate(keys):
-        for name, key in image_keys.items():
-            hit = cache.get(key)
-            if hit is None:
-                wanted.add(name)
-                if not missing_rows or missing_rows[-1] != row:
-                    missing_rows.append(row)
-            else:
-                found[row][name] = hit
-    if missing_rows:
-        labels = [label_index(recs[r].label, lm.labels) for r in missing_rows]
-        sub = x[missing_rows].to(lm.device, non_blocking=True)
-        computed = _compute(cfg, lm, sub, wanted | {("pred",)}, labels, stats)
-        for j, row in enumerate(missing_rows):
-            for name, per_image in computed.items():
-                if name not in found[row] and name in keys[row]:
-                    tensors, meta = per_image[j]
-                    cache.put(keys[row][name], tensors, meta)
-                    found[row][name] = (tensors, meta)
-    return found
-
-
-def _kernel_entries(cfg: RunConfig, lm: LoadedModel, cache: TensorCache, staging: Path) -> list[dict]:
+def _kernel_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, staging: Path) -> list[dict]:
     entries = []
     for layer in cfg.kernels.layers:
         params = {"max_kernels": cfg.kernels.max_kernels}
-        key = cache_key({"model": lm.identity(), "method": "kernels", "params": params, "layer": layer})
+        key = cache_key({"model": model.card.identity(), "method": "kernels", "params": params, "layer": layer})
         hit = cache.get(key)
         if hit is None:
-            sel = select_kernels(find_layer(lm.module, layer), cfg.kernels.max_kernels, layer)
-            meta = {"labels": json.dumps(sel.labels), "rgb": str(sel.rgb), "total": str(sel.total)}
-            cache.put(key, {"kernels": sel.kernels}, meta)
-            hit = ({"kernels": sel.kernels}, meta)
-        tensors, meta = hit
-        kernels = tensors["kernels"]
-        entries.append(draw_kernels(
-            staging, layer, kernels.numpy(), json.loads(meta["labels"]), meta["rgb"] == "True", int(meta["total"]),
-            shape=list(find_layer(lm.module, layer).weight.shape)))
+            from reportgen.compute import kernel_entry
+
+            hit = kernel_entry(model.loaded(), layer, cfg.kernels.max_kernels)
+            cache.put(key, *hit)
+        arrays, meta = hit
+        shape = list(model.card.layers[layer].weight_shape or ())
+        entries.append(draw_kernels(staging, layer, np.asarray(arrays["kernels"], dtype=np.float32),
+                                    json.loads(meta["labels"]), meta["rgb"] == "True", int(meta["total"]), shape=shape))
     return entries
 
 
@@ -235,31 +223,86 @@ def _publish(staging: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _iter_images(cfg: RunConfig, lm: LoadedModel, records: list[ImageRecord], skipped: list[Skipped],
-                 cache: TensorCache, stats: RunStats, progress: bool) -> Iterator[tuple[ImageRecord, dict, object, tuple]]:
-    planner = _Planner(cfg, lm)
-    bar = tqdm(total=len(records), desc="images", unit="img", disable=not progress, leave=False)
-    try:
-        for batch in iter_batches(records, lm.preprocess, batch_size=cfg.run.batch_size, workers=cfg.run.workers,
-                                  display_size=cfg.report.image_size):
-            stats.batches += 1
-            for index, reason in batch.failures:
-                skipped.append(Skipped(records[index].rel, reason))
-            bar.update(len(batch.failures))
-            if not batch.indices:
-                continue
-            recs = [records[i] for i in batch.indices]
+Found = dict[tuple, tuple[dict[str, np.ndarray], dict[str, str]]]
+
+
+def _undecodable_key(rec: ImageRecord) -> str:
+    """Where the reason an image's bytes could not be decoded is kept, so a rerun skips it without the model."""
+    import PIL
+
+    return cache_key({"image": rec.digest, "method": "decode-failure", "pillow": PIL.__version__})
+
+
+def _skip(cache: TensorCache, skipped: list[Skipped], rec: ImageRecord, reason: str) -> None:
+    skipped.append(Skipped(rec.rel, reason))
+    cache.put(_undecodable_key(rec), {}, {"reason": reason})
+
+
+def _lookup(cache: TensorCache, keys: dict[tuple, str]) -> Found:
+    found = {}
+    for name, key in keys.items():
+        hit = cache.get(key)
+        if hit is not None:
+            found[name] = hit
+    return found
+
+
+def _computed_images(cfg: RunConfig, model: ModelHandle, records: list[ImageRecord], keys: list[dict[tuple, str]],
+                     cache: TensorCache, counters, skipped: list[Skipped], stats: RunStats,
+                     bar: tqdm) -> Iterator[tuple[ImageRecord, Found, np.ndarray, tuple]]:
+    """Images with something missing from the cache, in batches through the DataLoader and the model."""
+    from reportgen.batches import iter_batches
+    from reportgen.compute import fill_batch
+
+    lm = model.loaded()
+    by_index = {rec.index: (rec, k) for rec, k in zip(records, keys, strict=True)}  # batches name records by index
+    for batch in iter_batches(records, lm.preprocess, batch_size=cfg.run.batch_size, workers=cfg.run.workers,
+                              display_size=cfg.report.image_size):
+        stats.batches += 1
+        for index, reason in batch.failures:
+            _skip(cache, skipped, by_index[index][0], reason)
+        bar.update(len(batch.failures))
+        if not batch.indices:
+            continue
+        recs = [by_index[i][0] for i in batch.indices]
+        t0 = time.perf_counter()
+        batch_keys = [by_index[i][1] for i in batch.indices]
+        found = [_lookup(cache, k) for k in batch_keys]
+        labels = [label_index(r.label, model.labels) for r in recs]
+        fill_batch(cfg, lm, cache, batch_keys, found, batch.tensor, labels, counters)
+        stats.seconds["compute"] += time.perf_counter() - t0
+        yield from zip(recs, found, batch.displays, batch.boxes, strict=True)
+
+
+def _cached_images(cfg: RunConfig, model: ModelHandle, records: list[ImageRecord], keys: list[dict[tuple, str]],
+                   cache: TensorCache, counters, skipped: list[Skipped], stats: RunStats,
+                   bar: tqdm) -> Iterator[tuple[ImageRecord, Found, np.ndarray, tuple]]:
+    """Images whose every result is cached: decoded for display only; the model (and torch) is not touched."""
+    for i, rec in enumerate(records):
+        try:
+            img = decode(rec.path)
+        except Exception as exc:  # the file changed since its results were cached; skip it like any bad file
+            _skip(cache, skipped, rec, f"cannot decode image: {exc}")
+            bar.update(1)
+            continue
+        display, box = display_image(img, model.card.preprocess, cfg.report.image_size)
+        found = _lookup(cache, keys[i])
+        if len(found) < len(keys[i]):  # an entry vanished or was corrupt: compute this image alone
+            from reportgen.batches import to_tensor
+            from reportgen.compute import fill_batch
+
             t0 = time.perf_counter()
-            results = _results_for_batch(cfg, lm, cache, planner, recs, batch.tensor, stats)
+            holder = [found]
+            fill_batch(cfg, model.loaded(), cache, [keys[i]], holder, to_tensor(img, model.card.preprocess)[None],
+                       [label_index(rec.label, model.labels)], counters)
+            stats.batches += 1
             stats.seconds["compute"] += time.perf_counter() - t0
-            yield from zip(recs, results, batch.displays, batch.boxes, strict=True)
-            bar.update(len(recs))
-    finally:
-        bar.close()
+        yield rec, found, display, box
 
 
-def _summary(cfg: RunConfig, lm: LoadedModel, stats: RunStats, records: list[ImageRecord], skipped: list[Skipped],
+def _summary(cfg: RunConfig, model: ModelHandle, stats: RunStats, records: list[ImageRecord], skipped: list[Skipped],
              kernels: list[dict], images: list[dict], started: datetime) -> dict:
+    card = model.card
     classes: dict[str, int] = {}
     for rec in records:
         if rec.label is not None:
@@ -271,7 +314,7 @@ def _summary(cfg: RunConfig, lm: LoadedModel, stats: RunStats, records: list[Ima
         "reportgen_version": __version__,
         "config_path": str(cfg.path),
         "run": {
-            "device": str(lm.device),
+            "device": model.device_label(),
             "duration_s": round(stats.duration_s, 2),
             "images_total": stats.images_total,
             "images_ok": stats.images_ok,
@@ -284,17 +327,17 @@ def _summary(cfg: RunConfig, lm: LoadedModel, stats: RunStats, records: list[Ima
             "backward_passes": stats.backward_passes,
         },
         "model": {
-            "name": lm.name,
-            "source": lm.source,
-            "spec": lm.spec,
-            "weights": lm.weights_source,
-            "weights_digest": lm.digest[:12],
-            "input_size": list(lm.preprocess.size),
-            "resize": lm.preprocess.resize,
-            "mean": list(lm.preprocess.mean),
-            "std": list(lm.preprocess.std),
-            "num_parameters": lm.num_parameters,
-            "num_classes": len(lm.labels),
+            "name": card.name,
+            "source": card.source,
+            "spec": card.spec,
+            "weights": card.weights_source,
+            "weights_digest": card.digest[:12],
+            "input_size": list(card.preprocess.size),
+            "resize": card.preprocess.resize,
+            "mean": list(card.preprocess.mean),
+            "std": list(card.preprocess.std),
+            "num_parameters": card.num_parameters,
+            "num_classes": card.num_classes,
         },
         "dataset": {
             "root": str(cfg.data.path),
@@ -311,41 +354,92 @@ def _summary(cfg: RunConfig, lm: LoadedModel, stats: RunStats, records: list[Ima
     }
 
 
-def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, lm: LoadedModel | None = None) -> RunResult:
-    """Run ``cfg`` end to end and return where the report is. ``lm`` skips loading when the caller has it."""
-    from reportgen.report import render_html, render_pdf
+def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: ModelHandle | None = None,
+        pdf_job=None) -> RunResult:
+    """Run ``cfg`` end to end and return where the report is.
+
+    Args:
+        model: the prepared model, when the caller has it.
+        pdf_job: a ``report.PdfJob`` the caller started early (the CLI does, before loading anything); the run
+            finishes or cancels it. Without one the run starts its own.
+    """
+    from reportgen.report import PdfJob, render_html
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)
-    lm = lm or prepare(cfg)
+    model = model or prepare(cfg)
     output = cfg.run.output
     records, skipped = discover(cfg.data.path, cfg.data.limit)
     staging = _prepare_output(output, force)
-    stats = RunStats(device=str(lm.device), images_total=len(records) + len(skipped))
+    stats = RunStats(images_total=len(records) + len(skipped))
     cache = TensorCache(cfg.run.cache_dir)
+    planner = _Planner(cfg, model.card, model.labels)
+    keys = [planner.keys(rec) for rec in records]
+    cold: list[int] = []
+    warm: list[int] = []
+    for i, rec in enumerate(records):
+        known_bad = cache.get(_undecodable_key(rec)) if cache.has(_undecodable_key(rec)) else None
+        if known_bad is not None:
+            skipped.append(Skipped(rec.rel, known_bad[1].get("reason", "cannot decode image")))
+        elif all(cache.has(key) for key in keys[i].values()):
+            warm.append(i)
+        else:
+            cold.append(i)
+
+    class _NoWork:
+        forward_passes = backward_passes = 0
+
+    counters = _NoWork()
+    if cold:
+        from reportgen.compute import Counters
+
+        counters = Counters()
+    bar = tqdm(total=len(records), desc="images", unit="img", disable=not progress, leave=False)
+    if pdf_job is not None and not cfg.report.pdf:
+        pdf_job.cancel()
+        pdf_job = None
     try:
-        kernels = _kernel_entries(cfg, lm, cache, staging)
-        images: list[dict] = []
-        for rec, res, display, box in _iter_images(cfg, lm, records, skipped, cache, stats, progress):
-            t0 = time.perf_counter()
-            images.append(draw_image(staging, rec, res, display, box, lm.labels, cfg.report, label_index(rec.label, lm.labels),
-                                     [get_method(m).title for m in cfg.cams.methods], cfg.cams.methods, cfg.cams.layers,
-                                     cfg.feature_maps.layers))
-            stats.seconds["draw"] += time.perf_counter() - t0
+        # the PDF printer starts now (if the caller has not), so its start-up overlaps with the drawing
+        if cfg.report.pdf and pdf_job is None:
+            pdf_job = PdfJob()
+        model.remember()
+        kernels = _kernel_entries(cfg, model, cache, staging)
+        entries: dict[int, dict] = {}
+        streams = []
+        if cold:
+            streams.append(_computed_images(cfg, model, [records[i] for i in cold], [keys[i] for i in cold], cache,
+                                            counters, skipped, stats, bar))
+        if warm:
+            streams.append(_cached_images(cfg, model, [records[i] for i in warm], [keys[i] for i in warm], cache,
+                                          counters, skipped, stats, bar))
+        for stream in streams:
+            for rec, found, display, box in stream:
+                t0 = time.perf_counter()
+                entries[rec.index] = draw_image(
+                    staging, rec, found, display, box, model.labels, cfg.report, label_index(rec.label, model.labels),
+                    [get_method(m).title for m in cfg.cams.methods], cfg.cams.methods, cfg.cams.layers,
+                    cfg.feature_maps.layers)
+                stats.seconds["draw"] += time.perf_counter() - t0
+                bar.update(1)
+        bar.close()
+        images = [entries[i] for i in sorted(entries)]
+        skipped.sort(key=lambda sk: sk.rel)
+        stats.device = model.device_label()
+        stats.forward_passes, stats.backward_passes = counters.forward_passes, counters.backward_passes
         stats.images_ok = len(images)
         stats.images_skipped = len(skipped)
         stats.cache_hits, stats.cache_misses, stats.cache_writes = cache.hits, cache.misses, cache.writes
         stats.duration_s = time.perf_counter() - t_start
-        context = _summary(cfg, lm, stats, records, skipped, kernels, images, started)
+        context = _summary(cfg, model, stats, records, skipped, kernels, images, started)
         t0 = time.perf_counter()
-        html = render_html(context, staging)
+        render_html(context, staging)
         stats.seconds["html"] = time.perf_counter() - t0
         pdf = None
-        if cfg.report.pdf:
+        if pdf_job is not None:
             t0 = time.perf_counter()
             if progress:
                 tqdm.write("writing PDF ...")
-            pdf = render_pdf(html, staging / "report.pdf")
+            pdf, pdf_job = pdf_job.finish(staging / "report.html", staging / "report.pdf"), None
             stats.seconds["pdf"] = time.perf_counter() - t0
         stats.duration_s = time.perf_counter() - t_start
         context["run"]["duration_s"] = round(stats.duration_s, 2)
@@ -355,6 +449,9 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, lm: Load
         os.replace(tmp, staging / "manifest.json")
         _publish(staging, output)
     except BaseException:
+        bar.close()
+        if pdf_job is not None:
+            pdf_job.cancel()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return RunResult(output, output / "report.html", output / "report.pdf" if pdf else None, output / "manifest.json", stats)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from reportgen.batches import to_tensor
 from reportgen.cli import main
 from reportgen.config import ModelConfig, PreprocessConfig, load_config
 from reportgen.demo import DEMO_PHOTOS, write_demo_images
-from reportgen.images import to_tensor
 from reportgen.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reportgen.images import crop_box, decode, discover, iter_batches, to_tensor
-from reportgen.models import Preprocess
+from reportgen.batches import iter_batches, to_tensor
+from reportgen.images import crop_box, decode, discover
+from reportgen.modelcard import Preprocess
 
 PRE = Preprocess(size=(16, 16), resize="squash", crop_pct=0.875, interpolation="bilinear",
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from reportgen.cache import TensorCache
 from reportgen.cli import main
 from reportgen.config import load_config
-from reportgen.errors import UsageError
+from reportgen.errors import ModelError, UsageError
 from reportgen.hooks import model_state
 from reportgen.runner import prepare, run
 
@@ -147,11 +147,12 @@ def test_cli_overrides_data_output_and_cache(tmp_path, image_dir, capsys):
 
 def test_model_is_unchanged_after_a_run(tmp_path, image_dir):
     cfg = load_config(write_config(tmp_path, image_dir))
-    lm = prepare(cfg)
+    handle = prepare(cfg)
+    lm = handle.loaded()
     lm.module.train()
     before = model_state(lm.module)
     weights = {k: v.clone() for k, v in lm.module.state_dict().items()}
-    run(cfg, lm=lm)
+    run(cfg, model=handle)
     assert model_state(lm.module) == before
     assert all(torch.equal(v, lm.module.state_dict()[k]) for k, v in weights.items())
 
@@ -191,3 +192,61 @@ def test_methods_and_layers_cli(capsys):
     out = capsys.readouterr().out
     assert "features.2  Conv2d" in out and "16x16x16" in out
     assert main(["layers", "nonsense"]) == 2
+
+
+def test_fully_cached_rerun_neither_builds_the_model_nor_imports_torch(tmp_path, image_dir):
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, image_dir, model={
+        "source": "timm", "name": "resnet18", "num_classes": 10, "labels": "none", "preprocess": {"size": 32}},
+        kernels={"layers": ["conv1"]}, feature_maps={"layers": ["layer1"]},
+        cams={"methods": ["gradcam", "layercam"], "layers": ["layer4"]})
+    first = run(load_config(path))  # random init is seeded, so the same model comes back next time
+    assert first.stats.forward_passes == 2
+    handle = prepare(load_config(path))
+    assert not handle.built  # the card came from the cache
+    code = (
+        "import sys\n"
+        "from reportgen.config import load_config\n"
+        "from reportgen.runner import run\n"
+        f"r = run(load_config({str(path)!r}), force=True)\n"
+        "print(r.stats.forward_passes, r.stats.cache_misses, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "0", "False"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "not used: every result came from the cache" in manifest["run"]["device"]
+
+
+def test_card_that_no_longer_matches_the_weights_is_refreshed(tmp_path, image_dir):
+    from reportgen.modelcard import read_card, write_card
+
+    path = write_config(tmp_path, image_dir)
+    cfg = load_config(path)
+    handle = prepare(cfg)
+    handle.remember()
+    card = read_card(cfg.run.cache_dir, handle.key)
+    assert card == handle.card
+    from dataclasses import replace
+
+    write_card(cfg.run.cache_dir, handle.key, replace(card, digest="0" * 64))
+    stale = prepare(cfg)
+    assert stale.card.digest == "0" * 64 and not stale.built
+    with pytest.raises(ModelError, match="the record was refreshed: run again"):
+        stale.loaded()
+    assert prepare(cfg).card.digest == card.digest
+
+
+def test_factory_without_declared_identity_is_built_every_run(tmp_path, image_dir):
+    from reportgen.config import ModelConfig
+    from reportgen.modelcard import recipe_key
+
+    assert recipe_key(ModelConfig(source="factory", name="tinynets:plain_factory")) is None
+    assert recipe_key(ModelConfig(source="factory", name="tinynets:tiny_cnn")) is not None
+    path = write_config(tmp_path, image_dir, model={
+        "source": "factory", "name": "tinynets:plain_factory", "labels": "none", "preprocess": {"size": 32}})
+    run(load_config(path))
+    handle = prepare(load_config(path))
+    assert handle.built
+    assert run(load_config(path), force=True, model=handle).stats.forward_passes == 0  # results still cached

@@ -56,3 +56,12 @@ class FixedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+# tiny_cnn depends on nothing but its code and seed: let fully cached runs skip building it.
+tiny_cnn.reportgen_identity = lambda: {"seed": 0}  # type: ignore[attr-defined]
+
+
+def plain_factory(num_classes: int = 10) -> nn.Module:
+    """A factory that does not declare its identity: built on every run."""
+    return tiny_cnn(num_classes)

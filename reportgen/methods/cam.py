@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from reportgen.errors import MethodError
-from reportgen.methods.registry import MethodSpec, register
+from reportgen.methods.registry import cam_method_names
 
 __all__ = ["CAM_FORMULAS", "gradient_cams", "resolve_targets"]
 
@@ -51,25 +51,15 @@ def _layercam(a: Tensor, g: Tensor) -> Tensor:
     return torch.relu((torch.relu(g) * a).sum(dim=1))
 
 
-CAM_FORMULAS: dict[str, CamFormula] = {}
-
-
-def _register(name: str, title: str, fn: CamFormula, description: str, paper: str, formula: str) -> None:
-    register(MethodSpec(name, title, "cam", description, paper, formula))
-    CAM_FORMULAS[name] = fn
-
-
-_register("gradcam", "Grad-CAM", _gradcam, "channels weighted by their spatially averaged gradient",
-          "Selvaraju et al., ICCV 2017", "relu(sum_c mean_hw(dy/dA_c) * A_c)")
-_register("gradcampp", "Grad-CAM++", _gradcampp, "second-order weighting of positive gradients",
-          "Chattopadhay et al., WACV 2018",
-          "relu(sum_c sum_hw(relu(G) * G^2 / (2G^2 + sum_hw(A) G^3)) * A_c)")
-_register("xgradcam", "XGrad-CAM", _xgradcam, "gradients weighted by normalised activations (axiom-based)",
-          "Fu et al., BMVC 2020", "relu(sum_c sum_hw(G * A / sum_hw(A)) * A_c)")
-_register("hirescam", "HiResCAM", _hirescam, "element-wise gradient x activation, summed over channels",
-          "Draelos & Carin, 2020", "relu(sum_c G_c * A_c)")
-_register("layercam", "LayerCAM", _layercam, "element-wise positive gradient x activation",
-          "Jiang et al., IEEE TIP 2021", "relu(sum_c relu(G_c) * A_c)")
+CAM_FORMULAS: dict[str, CamFormula] = {
+    "gradcam": _gradcam,
+    "gradcampp": _gradcampp,
+    "xgradcam": _xgradcam,
+    "hirescam": _hirescam,
+    "layercam": _layercam,
+}
+if set(CAM_FORMULAS) != set(cam_method_names()):  # the registry's catalogue and the code must name the same methods
+    raise RuntimeError(f"CAM formulas {sorted(CAM_FORMULAS)} differ from the registry {sorted(cam_method_names())}")
 
 
 def resolve_targets(

@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reportgen.methods.registry import MethodSpec, register
-
 __all__ = ["top_channels"]
 
-register(MethodSpec("feature_maps", "Feature maps", "feature_maps",
-                    "the top-k channels of a layer's output by mean activation, caught with a forward hook",
-                    "Zeiler & Fergus, ECCV 2014", "rank c by mean_hw(A_c); show A_c"))
 
 
 def top_channels(activations: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:

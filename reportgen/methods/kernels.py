@@ -8,13 +8,9 @@ import torch
 from torch import nn
 
 from reportgen.errors import MethodError
-from reportgen.methods.registry import MethodSpec, register
 
 __all__ = ["KernelSelection", "select_kernels"]
 
-register(MethodSpec("kernels", "Kernel gallery", "kernels",
-                    "a conv layer's filters drawn as images: RGB for the first layer, diverging colormap for the rest",
-                    "Krizhevsky et al., NeurIPS 2012 (Fig. 3)", "W[o, i] for the kernels of largest L2 norm"))
 
 
 @dataclass(frozen=True)
@@ -37,11 +33,12 @@ class KernelSelection:
 def select_kernels(layer: nn.Module, max_kernels: int, name: str = "") -> KernelSelection:
     """The ``max_kernels`` kernels of largest L2 norm from a Conv2d, in decreasing order of norm."""
     weight = getattr(layer, "weight", None)
-    if not isinstance(layer, nn.Conv2d) or not isinstance(weight, torch.Tensor) or weight.ndim != 4:
-        raise MethodError(f"layer {name!r} is a {type(layer).__name__}, expected a Conv2d for a kernel gallery")
+    kind = getattr(layer, "original_name", type(layer).__name__)  # TorchScript modules keep their class name here
+    if not (isinstance(layer, nn.Conv2d) or kind == "Conv2d") or not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        raise MethodError(f"layer {name!r} is a {kind}, expected a Conv2d for a kernel gallery")
     w = weight.detach().float().cpu()
     out_ch, in_ch = w.shape[:2]
-    if in_ch == 3 and layer.groups == 1:
+    if in_ch == 3 and getattr(layer, "groups", 1) == 1:
         norms = w.flatten(1).norm(dim=1)
         order = norms.argsort(descending=True, stable=True)[:max_kernels]
         return KernelSelection(w[order].contiguous(), [str(int(o)) for o in order], True, out_ch)
