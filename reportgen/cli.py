@@ -44,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path):
+def _load(path: Path, data: Path | None = None):
     from reportgen.config import load_config
 
-    return load_config(path)
+    return load_config(path, data_dir=data)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -58,10 +58,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         from reportgen.runner import run
 
-        cfg = _load(args.config).with_overrides(data=args.data, output=args.output, cache_dir=args.cache_dir,
-                                                device=args.device)
-        if args.data is not None and not cfg.data.path.is_dir():
-            raise UsageError(f"--data: folder not found: {cfg.data.path}")
+        if args.data is not None and not args.data.is_dir():
+            raise UsageError(f"--data: folder not found: {args.data.resolve()}")
+        cfg = _load(args.config, data=args.data).with_overrides(output=args.output, cache_dir=args.cache_dir,
+                                                                device=args.device)
         result = run(cfg, force=args.force, progress=not args.quiet, pdf_job=pdf_job)
     finally:
         pdf_job.cancel()

@@ -364,12 +364,14 @@ def _read_targets(r: _Reader) -> tuple[str, int | None]:
     return raw, None
 
 
-def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None) -> RunConfig:
+def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None,
+                data_dir: Path | None = None) -> RunConfig:
     """Read and validate a YAML config; raise ``ConfigError`` listing every problem found.
 
     Args:
         path: the YAML file.
         method_names: the CAM method names to accept (defaults to the method registry's).
+        data_dir: an image folder that replaces ``data.path`` (``--data``); the config's own folder then need not exist.
     """
     path = Path(path)
     if not path.is_file():
@@ -398,7 +400,9 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     model = _read_model(r)
 
     r.section("data", ("path", "limit"), required=True)
-    data_path = r.path("data.path", required=True, must="dir")
+    data_path = r.path("data.path", required=True, must=None if data_dir is not None else "dir")
+    if data_dir is not None:
+        data_path = Path(data_dir).resolve()
     limit = r.get("data.limit", int, minimum=1)
 
     r.section("run", ("output", "cache_dir", "device", "batch_size", "workers"))

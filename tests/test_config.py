@@ -149,3 +149,11 @@ def test_cli_validate_ok(tmp_path, capsys):
 def test_missing_config_file(tmp_path, capsys):
     code, _, err = _cli(capsys, "validate", str(tmp_path / "nope.yaml"))
     assert code == 2 and "config file not found" in err
+
+
+def test_data_override_replaces_a_missing_folder(tmp_path, capsys):
+    path = _write(tmp_path, GOOD.replace("path: images", "path: nowhere"))
+    cfg = load_config(path, data_dir=tmp_path / "images")
+    assert cfg.data.path == (tmp_path / "images").resolve()
+    code, _, err = _cli(capsys, "run", str(path), "--data", str(tmp_path / "missing"))
+    assert code == 2 and f"--data: folder not found: {(tmp_path / 'missing').resolve()}" in err

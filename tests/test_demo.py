@@ -71,7 +71,7 @@ def test_demo_end_to_end_then_warm_rerun(tmp_path, capsys):
     assert all((out / img["src"]).is_file() for img in page.imgs)
     assert not any(img["src"].startswith(("data:", "http")) for img in page.imgs)
     manifest = json.loads((out / "manifest.json").read_text())
-    cfg = load_config(REPO / "configs" / "demo.yaml")
+    cfg = load_config(REPO / "configs" / "demo.yaml", data_dir=data)
     assert len(manifest["images"]) == len(DEMO_PHOTOS)
     assert [k["layer"] for k in manifest["kernels"]] == list(cfg.kernels.layers)
     for image in manifest["images"]:
