@@ -106,7 +106,7 @@ class ModelHandle:
     def device_label(self) -> str:
         if self._loaded is not None:
             return str(self._loaded.device)
-        return f"{self.cfg.run.device} (not used: every result came from the cache)"
+        return "not used (all cached)"
 
 
 def check_layers(cfg: RunConfig, layers: dict[str, LayerInfo]) -> list[str]:

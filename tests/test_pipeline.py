@@ -216,7 +216,7 @@ def test_fully_cached_rerun_neither_builds_the_model_nor_imports_torch(tmp_path,
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "0", "False"]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert "not used: every result came from the cache" in manifest["run"]["device"]
+    assert manifest["run"]["device"] == "not used (all cached)"
 
 
 def test_card_that_no_longer_matches_the_weights_is_refreshed(tmp_path, image_dir):
