@@ -68,7 +68,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     s = result.stats
     print(f"images: {s.images_ok} rendered, {s.images_skipped} skipped, {s.batches} batches on {s.device}")
     print(f"cache: {s.cache_hits} hits, {s.cache_misses} misses, {s.cache_writes} written ({cfg.run.cache_dir})")
-    print(f"model work: {s.forward_passes} forward passes, {s.backward_passes} backward passes")
+    print(f"model work: {s.forward_passes} forward passes, {s.backward_passes} backward passes, "
+          f"{s.map_passes} method runs with passes of their own")
     secs = ", ".join(f"{k} {v:.2f}s" for k, v in s.seconds.items())
     print(f"time: {s.duration_s:.2f}s ({secs})")
     print(f"report: {result.html}")
@@ -82,7 +83,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     model = prepare(cfg)
-    layers = len(cfg.kernels.layers) + len(cfg.feature_maps.layers) + len(cfg.cams.layers)
+    layers = len(cfg.kernels.layers) + len(cfg.feature_maps.layers) + len(cfg.cams.layers) + len(cfg.filters.layers)
     print(f"{args.config}: ok ({model.card.name}, {layers} layer references checked)")
     return 0
 
@@ -118,7 +119,11 @@ def _cmd_methods(_args: argparse.Namespace) -> int:
     specs = list_methods()
     width = max(len(s.name) for s in specs)
     for s in specs:
-        print(f"{s.name:<{width}}  [{s.kind}] {s.title}: {s.description} ({s.paper})")
+        where = "" if s.kind != "cam" else (" per layer" if s.needs_layer else " on the input")
+        print(f"{s.name:<{width}}  [{s.kind}{where}] {s.title}: {s.description} ({s.paper})")
+        for p in s.params:
+            bounds = f", {p.kind(p.minimum)}..{p.kind(p.maximum)}" if p.minimum is not None and p.maximum is not None else ""
+            print(f"{'':<{width}}      {s.name}.{p.name} = {p.default!r} ({p.kind.__name__}{bounds}): {p.help}")
     return 0
 
 

@@ -7,7 +7,7 @@ imports torch. Everything leaves the device in one copy per tensor kind per batc
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,54 +15,93 @@ import torch
 from reportgen.cache import TensorCache
 from reportgen.config import RunConfig
 from reportgen.hooks import borrowed, capture
+from reportgen.methods import get_method
 from reportgen.methods.cam import gradient_cams, resolve_targets
 from reportgen.methods.feature_maps import top_channels
 from reportgen.methods.kernels import select_kernels
 from reportgen.models import LoadedModel, find_layer
 
-__all__ = ["Counters", "compute_entries", "fill_batch", "kernel_entry"]
+__all__ = ["Counters", "compute_entries", "fill_batch", "kernel_entry", "filter_entry"]
 
 Entry = tuple[dict[str, np.ndarray], dict[str, str]]
 
 
 class Counters:
-    """Model work done, for the run summary."""
+    """Model work done, for the run summary: the shared forward and backward passes, and the ``map`` method
+    calls (each runs passes of its own: perturbations, input gradients)."""
 
     def __init__(self) -> None:
         self.forward_passes = 0
         self.backward_passes = 0
+        self.map_passes = 0
+
+
+def _map_functions() -> dict[str, Callable[..., torch.Tensor]]:
+    """Implementations of the ``map`` engine methods: (model, x, targets, [layer=], **params) → (N, T, h, w)."""
+    from reportgen.methods.fullgrad import fullgrad
+    from reportgen.methods.perturbation import ablationcam, scorecam
+    from reportgen.methods.saliency import guided_backprop, integrated_gradients, saliency, smoothgrad
+
+    return {
+        "scorecam": scorecam,
+        "ablationcam": ablationcam,
+        "fullgrad": fullgrad,
+        "saliency": saliency,
+        "guided_backprop": guided_backprop,
+        "smoothgrad": smoothgrad,
+        "integrated_gradients": integrated_gradients,
+    }
 
 
 def compute_entries(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, wanted: set[tuple], labels: Sequence[int | None],
                     counters: Counters) -> dict[tuple, list[Entry]]:
-    """Run the model once on ``x`` (N, 3, H, W) and produce every wanted result name, per image."""
+    """Produce every wanted result for the images of ``x`` (N, 3, H, W), per image.
+
+    One forward pass catches the feature-map and CAM layers; one backward pass per target column gives every
+    gradient-engine CAM of every layer. ``map`` engine methods then run their own passes with the same targets.
+    """
     fm_layers = [la for la in cfg.feature_maps.layers if ("fm", la) in wanted]
-    cam_methods = [m for m in cfg.cams.methods if any(w[0] == "cam" and w[1] == m for w in wanted)]
-    cam_layers = [la for la in cfg.cams.layers if any(w[0] == "cam" and w[2] == la for w in wanted)] if cam_methods else []
+    cams = [w for w in wanted if w[0] == "cam"]
+    grad_methods = [m for m in cfg.cams.methods if get_method(m).engine == "gradient" and any(w[1] == m for w in cams)]
+    grad_layers = [la for la in cfg.cams.layers if any(w[2] == la and w[1] in grad_methods for w in cams)]
+    need_gradients = any(get_method(m).uses_gradients for m in grad_methods)
+    map_jobs = [(m, la) for m in cfg.cams.methods if get_method(m).engine == "map"
+                for la in (cfg.cams.layers if get_method(m).needs_layer else ("",)) if ("cam", m, la) in wanted]
     n = x.shape[0]
     out: dict[tuple, list[Entry]] = {}
     model = lm.module
-    with borrowed(model), capture(model, [*fm_layers, *cam_layers], grad=bool(cam_layers)) as caught:
-        with torch.enable_grad() if cam_layers else torch.inference_mode():
-            logits = model(x)
-        counters.forward_passes += 1
-        scores = logits.detach().float()
-        logits_np = scores.cpu().numpy()
-        out[("pred",)] = [({"logits": logits_np[i]}, {}) for i in range(n)]
-        for layer in fm_layers:
-            maps, idx, means = (t.cpu().numpy() for t in top_channels(caught[layer], cfg.feature_maps.top_k))
-            out[("fm", layer)] = [({"maps": maps[i], "channels": idx[i], "means": means[i]}, {}) for i in range(n)]
-        if cam_layers:
+    with borrowed(model):
+        with capture(model, [*fm_layers, *grad_layers], grad=need_gradients and bool(grad_layers)) as caught:
+            with torch.enable_grad() if need_gradients and grad_layers else torch.inference_mode():
+                logits = model(x)
+            counters.forward_passes += 1
+            scores = logits.detach().float()
+            out[("pred",)] = [({"logits": row}, {}) for row in scores.cpu().numpy()]
+            for layer in fm_layers:
+                maps, idx, means = (t.cpu().numpy() for t in top_channels(caught[layer], cfg.feature_maps.top_k))
+                out[("fm", layer)] = [({"maps": maps[i], "channels": idx[i], "means": means[i]}, {}) for i in range(n)]
             targets, kinds = resolve_targets(scores, cfg.cams.target, class_index=cfg.cams.class_index,
                                              top_k=cfg.cams.top_k, labels=labels)
-            maps_by_key = gradient_cams(logits, {la: caught[la] for la in cam_layers}, targets, cam_methods)
-            counters.backward_passes += targets.shape[1]
-            targets_np = targets.cpu().numpy()
-            for (layer, method), maps in maps_by_key.items():
-                maps = maps.cpu().numpy()
-                out[("cam", method, layer)] = [
-                    ({"maps": maps[i], "targets": targets_np[i]}, {"target_kinds": json.dumps(kinds[i])}) for i in range(n)
-                ]
+            maps_by_key: dict[tuple[str, str], torch.Tensor] = {}
+            if grad_layers:
+                maps_by_key.update(gradient_cams(logits, {la: caught[la] for la in grad_layers}, targets, grad_methods,
+                                                 eigen_smooth=cfg.cams.eigen_smooth, need_gradients=need_gradients))
+                counters.backward_passes += targets.shape[1] if need_gradients else 0
+        del logits, caught
+        functions = _map_functions() if map_jobs else {}
+        for method, layer in map_jobs:
+            kwargs = dict(cfg.cams.params.get(method, {}))
+            if layer:
+                kwargs["layer"] = layer
+            maps_by_key[(layer, method)] = functions[method](model, x, targets, **kwargs)
+            counters.map_passes += 1
+    targets_np = targets.cpu().numpy()
+    meta = [{"target_kinds": json.dumps(kinds[i])} for i in range(n)]
+    for (layer, method), maps in maps_by_key.items():
+        maps = maps.float()
+        # input-resolution maps (saliency) are large: half precision is plenty for drawing and re-plotting
+        maps_np = (maps.half() if maps.shape[-1] * maps.shape[-2] > 64 * 64 else maps).cpu().numpy()
+        out[("cam", method, layer)] = [({"maps": maps_np[i], "targets": targets_np[i]}, meta[i]) for i in range(n)]
     return out
 
 
@@ -88,3 +127,15 @@ def kernel_entry(lm: LoadedModel, layer: str, max_kernels: int) -> Entry:
     sel = select_kernels(find_layer(lm.module, layer), max_kernels, layer)
     meta = {"labels": json.dumps(sel.labels), "rgb": str(sel.rgb), "total": str(sel.total)}
     return {"kernels": sel.kernels.numpy()}, meta
+
+
+def filter_entry(lm: LoadedModel, layer: str, cfg: RunConfig) -> Entry:
+    """Activation-maximization images of ``cfg.filters.channels`` at ``layer``, as uint8 (K, S, S, 3)."""
+    from reportgen.methods.activation_max import visualize_filters
+
+    f = cfg.filters
+    images = visualize_filters(lm.module, layer, f.channels, mean=lm.preprocess.mean, std=lm.preprocess.std,
+                               size=f.size, steps=f.steps, lr=f.lr, parameterization=f.parameterization,
+                               transforms=f.transforms, seed=f.seed, batch_size=f.batch_size, device=lm.device)
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return {"images": pixels, "channels": np.asarray(f.channels, dtype=np.int64)}, {}

@@ -26,6 +26,7 @@ __all__ = [
     "KernelsConfig",
     "FeatureMapsConfig",
     "CamsConfig",
+    "FiltersConfig",
     "ReportOptions",
     "RunConfig",
     "load_config",
@@ -91,11 +92,31 @@ class FeatureMapsConfig:
 
 @dataclass(frozen=True)
 class CamsConfig:
+    """Per-image maps. ``params`` holds, for every selected method that has parameters, all of them (defaults
+    filled in); ``layers`` apply to the methods that explain a layer, the others explain the input pixels."""
+
     methods: tuple[str, ...] = ()
     layers: tuple[str, ...] = ()
     target: str = "predicted"
     class_index: int | None = None
     top_k: int = 1
+    eigen_smooth: bool = False
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FiltersConfig:
+    """Activation maximization: one image per (layer, channel)."""
+
+    layers: tuple[str, ...] = ()
+    channels: tuple[int, ...] = ()
+    size: int = 128
+    steps: int = 256
+    lr: float = 0.05
+    parameterization: str = "fourier"
+    transforms: bool = True
+    seed: int = 0
+    batch_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,7 @@ class RunConfig:
     kernels: KernelsConfig
     feature_maps: FeatureMapsConfig
     cams: CamsConfig
+    filters: FiltersConfig
     report: ReportOptions
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -376,6 +398,8 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    from reportgen.methods import get_method
+
     if method_names is None:
         from reportgen.methods import cam_method_names
 
@@ -395,7 +419,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level, got {_type_name(data)}")
     r = _Reader(path, data, lines)
-    r.section("", ("title", "model", "data", "run", "kernels", "feature_maps", "cams", "report"))
+    r.section("", ("title", "model", "data", "run", "kernels", "feature_maps", "cams", "filters", "report"))
     title = r.get("title", str, f"reportgen: {path.stem}")
     model = _read_model(r)
 
@@ -413,19 +437,23 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     workers = r.get("run.workers", int, 0, minimum=0)
 
     r.section("kernels", ("layers", "max_kernels"))
-    kernels = KernelsConfig(r.names("kernels.layers"), r.get("kernels.max_kernels", int, 64, minimum=1, maximum=4096))
+    kernels = KernelsConfig(r.names("kernels.layers"), r.get("kernels.max_kernels", int, 64, minimum=1, maximum=65536))
     r.section("feature_maps", ("layers", "top_k"))
     fmaps = FeatureMapsConfig(r.names("feature_maps.layers"), r.get("feature_maps.top_k", int, 16, minimum=1, maximum=256))
-    r.section("cams", ("methods", "layers", "target", "top_k"))
+    r.section("cams", ("methods", "layers", "target", "top_k", "eigen_smooth", "params"))
     methods = r.names("cams.methods", choices=method_names)
     cam_layers = r.names("cams.layers")
     raw_cams = data.get("cams") if isinstance(data.get("cams"), dict) else {}
-    if raw_cams.get("methods") and not raw_cams.get("layers"):
-        r.problem("cams.layers", "required when cams.methods is given: name at least one layer")
+    layered = [m for m in methods if get_method(m).needs_layer]
+    if layered and not raw_cams.get("layers"):
+        r.problem("cams.layers", f"required for {', '.join(layered)}: name at least one layer")
     if raw_cams.get("layers") and not raw_cams.get("methods"):
         r.problem("cams.methods", "required when cams.layers is given: name at least one method")
+    params = _read_params(r, methods)
     target, class_index = _read_targets(r)
     top_k = r.get("cams.top_k", int, 1, minimum=1, maximum=20)
+    eigen_smooth = r.get("cams.eigen_smooth", bool, False)
+    filters = _read_filters(r)
     r.section("report", ("pdf", "colormap", "alpha", "image_size"))
     report = ReportOptions(
         pdf=r.get("report.pdf", bool, True),
@@ -444,9 +472,60 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         run=RunOptions(output=output, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers),
         kernels=kernels,
         feature_maps=fmaps,
-        cams=CamsConfig(methods=methods, layers=cam_layers, target=target, class_index=class_index, top_k=top_k),
+        cams=CamsConfig(methods=methods, layers=cam_layers, target=target, class_index=class_index, top_k=top_k,
+                        eigen_smooth=eigen_smooth, params=params),
+        filters=filters,
         report=report,
         lines=dict(lines),
+    )
+
+
+def _read_params(r: _Reader, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``cams.params.<method>.<name>``, checked against each method's declared parameters; defaults filled in."""
+    from reportgen.methods import get_method, list_methods
+
+    known = tuple(s.name for s in list_methods("cam") if s.params)
+    raw = r.section("cams.params", known)
+    out: dict[str, dict[str, Any]] = {}
+    for name in raw:
+        if name in known and name not in methods:
+            r.problem(f"cams.params.{name}", f"parameters for {name!r}, which is not in cams.methods")
+    for method in methods:
+        spec = get_method(method)
+        if not spec.params:
+            continue
+        r.section(f"cams.params.{method}", tuple(p.name for p in spec.params))
+        out[method] = {
+            p.name: r.get(f"cams.params.{method}.{p.name}", p.kind, p.default, minimum=p.minimum, maximum=p.maximum,
+                          choices=p.choices)
+            for p in spec.params
+        }
+    return out
+
+
+def _read_filters(r: _Reader) -> FiltersConfig:
+    r.section("filters", ("layers", "channels", "size", "steps", "lr", "parameterization", "transforms", "seed",
+                          "batch_size"))
+    layers = r.names("filters.layers")
+    raw = r.get("filters.channels", list, [])
+    channels: list[int] = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+            r.problem(f"filters.channels[{i}]", f"expected a channel index >= 0, got {c!r}")
+        else:
+            channels.append(c)
+    if layers and not raw:
+        r.problem("filters.channels", "required when filters.layers is given: name at least one channel")
+    return FiltersConfig(
+        layers=layers,
+        channels=tuple(channels),
+        size=r.get("filters.size", int, 128, minimum=16, maximum=1024),
+        steps=r.get("filters.steps", int, 256, minimum=1, maximum=100000),
+        lr=r.get("filters.lr", float, 0.05, minimum=1e-6, maximum=10.0),
+        parameterization=r.get("filters.parameterization", str, "fourier", choices=("fourier", "pixel")),
+        transforms=r.get("filters.transforms", bool, True),
+        seed=r.get("filters.seed", int, 0, minimum=0),
+        batch_size=r.get("filters.batch_size", int, 16, minimum=1, maximum=4096),
     )
 
 

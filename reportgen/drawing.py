@@ -14,10 +14,18 @@ import numpy as np
 from PIL import Image
 
 from reportgen.config import ReportOptions
-from reportgen.figures import feature_panel, kernel_grid, normalize_map, overlay, save_jpeg, with_colorbar
+from reportgen.figures import (
+    feature_panel,
+    image_grid,
+    kernel_grid,
+    normalize_map,
+    overlay,
+    save_jpeg,
+    with_colorbar,
+)
 from reportgen.images import ImageRecord
 
-__all__ = ["draw_image", "draw_kernels"]
+__all__ = ["draw_image", "draw_kernels", "draw_filters"]
 
 
 def _save(img: Image.Image, root: Path, rel: str) -> dict:
@@ -37,7 +45,8 @@ def _save_maps(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str])
 def draw_kernels(root: Path, layer: str, kernels: np.ndarray, labels: list[str], rgb: bool, total: int,
                  shape: list[int]) -> dict:
     """Draw one layer's kernel gallery; return its report entry."""
-    img = kernel_grid(kernels, rgb=rgb, labels=labels)
+    many = len(labels) > 256  # e.g. all 128x64 kernels of VGG11 features.3: small tiles, no per-tile labels
+    img = kernel_grid(kernels, rgb=rgb, labels=None if many else labels, tile=12 if many else 40, gap=1 if many else 3)
     what = "filters" if rgb else "kernels"
     scale = "RGB, scaled over the shown filters" if rgb else "blue < 0 < red, centred at zero"
     entry = _save(img, root, f"assets/kernels/{layer}.jpg")
@@ -48,11 +57,43 @@ def draw_kernels(root: Path, layer: str, kernels: np.ndarray, labels: list[str],
     return entry
 
 
+def _percentile_scale(cam: np.ndarray) -> tuple[np.ndarray, float]:
+    """Input-gradient maps are heavy-tailed: scale to [0, 1] by their 99th percentile (clipped) for display."""
+    top = float(np.percentile(cam, 99)) if cam.size else 0.0
+    if not np.isfinite(top) or top <= 0:
+        top = float(cam.max()) if cam.size and np.isfinite(cam.max()) and cam.max() > 0 else 1.0
+    return np.clip(cam / top, 0.0, 1.0).astype(np.float32), top
+
+
+def _cam_panels(root: Path, base: str, display: np.ndarray, box: tuple[int, int, int, int], cam: np.ndarray,
+                method: str, title: str, layer: str, ti: int, opts: ReportOptions) -> list[dict]:
+    """One overlay for a layer's CAM; for an input-level map (saliency, FullGrad) the map itself and an overlay."""
+    tag = layer or "input"
+    if layer:
+        lo, hi = float(cam.min()), float(cam.max())
+        img = overlay(display, normalize_map(cam), cmap=opts.colormap, alpha=opts.alpha, box=box)
+        img = with_colorbar(img, cmap=opts.colormap, vmin=lo, vmax=hi, label=title)
+        return [{"method": method, "title": title, **_save(img, root, f"{base}/cam-{method}-{tag}-t{ti}.jpg")}]
+    m01, top = _percentile_scale(cam)
+    plain = overlay(display, m01, cmap="inferno", alpha=1.0, box=box)
+    plain = with_colorbar(plain, cmap="inferno", vmin=0.0, vmax=top, label=f"{title} (p99 clip)")
+    over = overlay(display, m01, cmap=opts.colormap, alpha=opts.alpha, box=box)
+    over = with_colorbar(over, cmap=opts.colormap, vmin=0.0, vmax=top, label=title)
+    return [
+        {"method": method, "title": title, **_save(plain, root, f"{base}/cam-{method}-{tag}-t{ti}-map.jpg")},
+        {"method": method, "title": f"{title} overlay", **_save(over, root, f"{base}/cam-{method}-{tag}-t{ti}.jpg")},
+    ]
+
+
 def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], display: np.ndarray,
                box: tuple[int, int, int, int], class_names: Sequence[str], opts: ReportOptions, true_index: int | None,
-               method_titles: Sequence[str], methods: Sequence[str], cam_layers: Sequence[str],
+               cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str],
                fm_layers: Sequence[str]) -> dict:
-    """Draw every figure of one image and write its raw maps; return its report entry."""
+    """Draw every figure of one image and write its raw maps; return its report entry.
+
+    Args:
+        cam_methods: (name, title, needs_layer) per CAM/saliency method, in config order.
+    """
     base = f"assets/images/{rec.id}"
     raw: dict[str, np.ndarray] = {}
 
@@ -81,25 +122,32 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
         raw[f"feature_maps/{layer}/channels"] = np.asarray(tensors["channels"])
         fig = _save(feature_panel(maps, channels), root, f"{base}/fm-{layer}.jpg")
         entry["feature_maps"].append({"layer": layer, **fig, "channels": channels, "shape": list(maps.shape)})
-    for layer in cam_layers:
+    groups_of = [(layer, [m for m in cam_methods if m[2]]) for layer in cam_layers]
+    groups_of.append(("", [m for m in cam_methods if not m[2]]))
+    for layer, methods in groups_of:
         groups: list[dict] = []
-        for method, title in zip(methods, method_titles, strict=True):
+        for method, title, _ in methods:
             tensors, meta = results[("cam", method, layer)]
             maps = np.asarray(tensors["maps"], dtype=np.float32)
             targets = [int(t) for t in tensors["targets"]]
             kinds = json.loads(meta.get("target_kinds", "[]")) or ["predicted"] * len(targets)
-            raw[f"cam/{method}/{layer}"] = maps
-            raw[f"cam/{method}/{layer}/targets"] = np.asarray(tensors["targets"])
+            key = f"cam/{method}/{layer}" if layer else f"cam/{method}"
+            raw[key] = maps
+            raw[f"{key}/targets"] = np.asarray(tensors["targets"])
             if not groups:
                 groups = [{"layer": layer, "target_index": t, "target_name": name(t), "target_kind": k, "panels": []}
                           for t, k in zip(targets, kinds, strict=True)]
             for ti, cam in enumerate(maps):
-                lo, hi = float(cam.min()), float(cam.max())
-                img = overlay(display, normalize_map(cam), cmap=opts.colormap, alpha=opts.alpha, box=box)
-                img = with_colorbar(img, cmap=opts.colormap, vmin=lo, vmax=hi, label=title)
-                fig = _save(img, root, f"{base}/cam-{method}-{layer}-t{ti}.jpg")
-                groups[ti]["panels"].append({"method": method, "title": title, **fig})
+                groups[ti]["panels"].extend(_cam_panels(root, base, display, box, cam, method, title, layer, ti, opts))
         entry["cams"].extend(groups)
     meta = {"image": rec.rel, "digest": rec.digest, "label": str(rec.label)}
     _save_maps(root / entry["maps_file"], raw, meta)
+    return entry
+
+
+def draw_filters(root: Path, layer: str, images: np.ndarray, channels: Sequence[int], opts_caption: str) -> dict:
+    """Draw one layer's activation-maximization images; return its report entry."""
+    img = image_grid(images, [f"#{int(c)}" for c in channels])
+    entry = _save(img, root, f"assets/filters/{layer}.jpg")
+    entry.update({"layer": layer, "channels": [int(c) for c in channels], "caption": opts_caption})
     return entry

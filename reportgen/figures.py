@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "image_grid",
     "colormap_lut",
     "normalize_map",
     "resize_map",
@@ -464,6 +465,42 @@ def feature_panel(
         m01 = _resize_f(normalize_map(a[i]), (tile, tile), resample)
         canvas.paste(Image.fromarray(np.take(lut, _lut_indices(m01), axis=0), "RGB"), (x, y))
         _draw_centered(draw, f"#{int(channels[i])}", font, x + tile / 2, y + tile + 2, line_h)
+    return canvas
+
+
+def image_grid(images: np.ndarray, labels: Sequence[str], *, gap: int = 4, columns: int | None = None) -> Image.Image:
+    """Lay out RGB images of one size as a labelled grid (activation-maximization results).
+
+    Args:
+        images: ``(k, h, w, 3)`` uint8.
+        labels: ``k`` captions, drawn under each image.
+        gap: White space in px between images and around the grid.
+        columns: Grid columns, default ``ceil(sqrt(k))``.
+
+    Returns:
+        RGB image.
+
+    Raises:
+        ValueError: On a wrong shape or dtype, or ``len(labels) != k``.
+    """
+    a = np.asarray(images)
+    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"expected images of shape (k, h, w, 3) uint8, got {_shape_str(a)} {a.dtype}")
+    k, h, w = a.shape[:3]
+    if len(labels) != k:
+        raise ValueError(f"expected {k} labels (one per image), got {len(labels)}")
+    gap = _check_int(gap, "gap", 0)
+    edge = max(h, w)
+    strip = _label_strip_height(edge)
+    font = _font(_label_font_size(edge))
+    line_h = _line_height(font)
+    canvas, cols = _grid_canvas(k, columns, w, h + strip, gap)
+    draw = ImageDraw.Draw(canvas)
+    for i in range(k):
+        x = gap + (i % cols) * (w + gap)
+        y = gap + (i // cols) * (h + strip + gap)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(a[i]), "RGB"), (x, y))
+        _draw_centered(draw, str(labels[i]), font, x + w / 2, y + h + 2, line_h)
     return canvas
 
 

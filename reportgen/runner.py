@@ -25,7 +25,7 @@ from tqdm import tqdm
 from reportgen import __version__
 from reportgen.cache import TensorCache, cache_key
 from reportgen.config import RunConfig, close_matches
-from reportgen.drawing import draw_image, draw_kernels
+from reportgen.drawing import draw_filters, draw_image, draw_kernels
 from reportgen.errors import ConfigError, ModelError, UsageError
 from reportgen.images import ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
@@ -43,6 +43,7 @@ class RunStats:
     batches: int = 0
     forward_passes: int = 0
     backward_passes: int = 0
+    map_passes: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
     cache_writes: int = 0
@@ -114,7 +115,7 @@ def check_layers(cfg: RunConfig, layers: dict[str, LayerInfo]) -> list[str]:
     problems = []
     names_in_model = list(layers)
     sections = (("kernels.layers", cfg.kernels.layers), ("feature_maps.layers", cfg.feature_maps.layers),
-                ("cams.layers", cfg.cams.layers))
+                ("cams.layers", cfg.cams.layers), ("filters.layers", cfg.filters.layers))
     for key, names in sections:
         for i, name in enumerate(names):
             where = cfg.where(f"{key}[{i}]")
@@ -125,6 +126,12 @@ def check_layers(cfg: RunConfig, layers: dict[str, LayerInfo]) -> list[str]:
                                 + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""))
             elif key == "kernels.layers" and not info.conv2d:
                 problems.append(f"{where}: layer {name!r} is a {info.type}, expected a Conv2d")
+            elif key == "filters.layers" and info.conv2d and info.weight_shape:
+                out_channels = info.weight_shape[0]
+                for j, c in enumerate(cfg.filters.channels):
+                    if c >= out_channels:
+                        problems.append(f"{cfg.where(f'filters.channels[{j}]')}: channel {c} is out of range for "
+                                        f"layer {name!r} with {out_channels} channels")
     return problems
 
 
@@ -176,8 +183,12 @@ class _Planner:
         if cams.target == "true":
             target["label"] = label_index(rec.label, self.labels)
         for method in cams.methods:
-            for layer in cams.layers:
-                parts = {**base, "method": method, "params": {}, "layer": layer, "target": target}
+            spec = get_method(method)
+            params = dict(cams.params.get(method, {}))
+            if spec.engine == "gradient" and cams.eigen_smooth:
+                params["eigen_smooth"] = True
+            for layer in cams.layers if spec.needs_layer else ("",):
+                parts = {**base, "method": method, "params": params, "layer": layer, "target": target}
                 keys[("cam", method, layer)] = cache_key(parts)
         return keys
 
@@ -197,6 +208,27 @@ def _kernel_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, stag
         shape = list(model.card.layers[layer].weight_shape or ())
         entries.append(draw_kernels(staging, layer, np.asarray(arrays["kernels"], dtype=np.float32),
                                     json.loads(meta["labels"]), meta["rgb"] == "True", int(meta["total"]), shape=shape))
+    return entries
+
+
+def _filter_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, staging: Path) -> list[dict]:
+    f = cfg.filters
+    params = {"channels": list(f.channels), "size": f.size, "steps": f.steps, "lr": f.lr,
+              "parameterization": f.parameterization, "transforms": f.transforms, "seed": f.seed}
+    entries = []
+    for layer in f.layers:
+        key = cache_key({"model": model.card.identity(), "method": "activation_max", "params": params, "layer": layer})
+        hit = cache.get(key)
+        if hit is None:
+            from reportgen.compute import filter_entry
+
+            hit = filter_entry(model.loaded(), layer, cfg)
+            cache.put(key, *hit)
+        arrays, _ = hit
+        how = ("Fourier-space image, decorrelated colour" if f.parameterization == "fourier" else "pixel-space image")
+        caption = (f"channels {', '.join(str(c) for c in f.channels)}: {how}, "
+                   f"{'jitter/scale/rotation, ' if f.transforms else ''}{f.steps} Adam steps, lr {f.lr}, seed {f.seed}")
+        entries.append(draw_filters(staging, layer, np.asarray(arrays["images"]), f.channels, caption))
     return entries
 
 
@@ -307,7 +339,8 @@ def _summary(cfg: RunConfig, model: ModelHandle, stats: RunStats, records: list[
     for rec in records:
         if rec.label is not None:
             classes[rec.label] = classes.get(rec.label, 0) + 1
-    used = ["kernels"] * bool(cfg.kernels.layers) + ["feature_maps"] * bool(cfg.feature_maps.layers) + list(cfg.cams.methods)
+    used = (["kernels"] * bool(cfg.kernels.layers) + ["activation_max"] * bool(cfg.filters.layers)
+            + ["feature_maps"] * bool(cfg.feature_maps.layers) + list(cfg.cams.methods))
     return {
         "title": cfg.title,
         "generated_at": started.isoformat(timespec="seconds"),
@@ -387,7 +420,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
             cold.append(i)
 
     class _NoWork:
-        forward_passes = backward_passes = 0
+        forward_passes = backward_passes = map_passes = 0
 
     counters = _NoWork()
     if cold:
@@ -404,7 +437,9 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
             pdf_job = PdfJob()
         model.remember()
         kernels = _kernel_entries(cfg, model, cache, staging)
+        filters = _filter_entries(cfg, model, cache, staging)
         entries: dict[int, dict] = {}
+        cam_plan = [(m, get_method(m).title, get_method(m).needs_layer) for m in cfg.cams.methods]
         streams = []
         if cold:
             streams.append(_computed_images(cfg, model, [records[i] for i in cold], [keys[i] for i in cold], cache,
@@ -417,8 +452,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
                 t0 = time.perf_counter()
                 entries[rec.index] = draw_image(
                     staging, rec, found, display, box, model.labels, cfg.report, label_index(rec.label, model.labels),
-                    [get_method(m).title for m in cfg.cams.methods], cfg.cams.methods, cfg.cams.layers,
-                    cfg.feature_maps.layers)
+                    cam_plan, cfg.cams.layers, cfg.feature_maps.layers)
                 stats.seconds["draw"] += time.perf_counter() - t0
                 bar.update(1)
         bar.close()
@@ -426,11 +460,13 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
         skipped.sort(key=lambda sk: sk.rel)
         stats.device = model.device_label()
         stats.forward_passes, stats.backward_passes = counters.forward_passes, counters.backward_passes
+        stats.map_passes = counters.map_passes
         stats.images_ok = len(images)
         stats.images_skipped = len(skipped)
         stats.cache_hits, stats.cache_misses, stats.cache_writes = cache.hits, cache.misses, cache.writes
         stats.duration_s = time.perf_counter() - t_start
         context = _summary(cfg, model, stats, records, skipped, kernels, images, started)
+        context["filters"] = filters
         t0 = time.perf_counter()
         render_html(context, staging)
         stats.seconds["html"] = time.perf_counter() - t0

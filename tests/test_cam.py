@@ -162,6 +162,7 @@ def test_hooks_removed_when_the_forward_fails(tiny_model):
 
 
 def test_registry_and_formulas_agree():
-    from reportgen.methods import cam_method_names
+    from reportgen.methods.registry import list_methods
 
-    assert set(cam_method_names()) == set(CAM_FORMULAS) == set(METHODS)
+    assert {s.name for s in list_methods("cam", engine="gradient")} == {*CAM_FORMULAS, "eigencam", "eigengradcam"}
+    assert set(CAM_FORMULAS) == set(METHODS)

@@ -14,17 +14,15 @@ import torch
 from torch import Tensor
 
 from reportgen.errors import MethodError
-from reportgen.methods.registry import cam_method_names
 
-__all__ = ["CAM_FORMULAS", "gradient_cams", "resolve_targets"]
+__all__ = ["CAM_FORMULAS", "WEIGHTED", "gradient_formula", "gradient_cams", "resolve_targets"]
 
 CamFormula = Callable[[Tensor, Tensor], Tensor]
 _EPS = 1e-7
 
 
 def _gradcam(a: Tensor, g: Tensor) -> Tensor:
-    weights = g.mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * a).sum(dim=1))
+    return g.mean(dim=(2, 3), keepdim=True) * a
 
 
 def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
@@ -33,33 +31,58 @@ def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
     sum_a = a.sum(dim=(2, 3), keepdim=True)
     alpha = g2 / (2 * g2 + sum_a * g3 + _EPS)
     alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    weights = (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * a).sum(dim=1))
+    return (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True) * a
 
 
 def _xgradcam(a: Tensor, g: Tensor) -> Tensor:
     sum_a = a.sum(dim=(2, 3), keepdim=True)
-    weights = (g * a / (sum_a + _EPS)).sum(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * a).sum(dim=1))
+    return (g * a / (sum_a + _EPS)).sum(dim=(2, 3), keepdim=True) * a
 
 
 def _hirescam(a: Tensor, g: Tensor) -> Tensor:
-    return torch.relu((g * a).sum(dim=1))
+    return g * a
 
 
 def _layercam(a: Tensor, g: Tensor) -> Tensor:
-    return torch.relu((torch.relu(g) * a).sum(dim=1))
+    return torch.relu(g) * a
 
 
-CAM_FORMULAS: dict[str, CamFormula] = {
+# Each formula gives the weighted activations (N, C, h, w); the map is relu of their sum over channels, or, with
+# eigen-smoothing, relu of their projection on the first principal component (as pytorch-grad-cam does).
+WEIGHTED: dict[str, CamFormula] = {
     "gradcam": _gradcam,
     "gradcampp": _gradcampp,
     "xgradcam": _xgradcam,
     "hirescam": _hirescam,
     "layercam": _layercam,
 }
-if set(CAM_FORMULAS) != set(cam_method_names()):  # the registry's catalogue and the code must name the same methods
-    raise RuntimeError(f"CAM formulas {sorted(CAM_FORMULAS)} differ from the registry {sorted(cam_method_names())}")
+
+
+def _summed(weighted: CamFormula) -> CamFormula:
+    return lambda a, g: torch.relu(weighted(a, g).sum(dim=1))
+
+
+CAM_FORMULAS: dict[str, CamFormula] = {name: _summed(fn) for name, fn in WEIGHTED.items()}
+
+
+def _eigen_formulas() -> dict[str, CamFormula]:
+    from reportgen.methods.eigen import eigencam, eigengradcam
+
+    return {"eigencam": eigencam, "eigengradcam": eigengradcam}
+
+
+def gradient_formula(name: str, *, eigen_smooth: bool = False) -> CamFormula:
+    """The map of method ``name`` as a function of (A, G) → (N, h, w) float32 >= 0."""
+    if name in WEIGHTED:
+        if not eigen_smooth:
+            return CAM_FORMULAS[name]
+        project = _eigen_formulas()["eigencam"]  # first-PC projection of its first argument, ReLU applied
+        weighted = WEIGHTED[name]
+        return lambda a, g: project(weighted(a, g), g)
+    eigen = _eigen_formulas()
+    if name in eigen:
+        return eigen[name]
+    raise MethodError(f"unknown gradient CAM method {name!r}; expected one of {', '.join([*WEIGHTED, *eigen])}")
 
 
 def resolve_targets(
@@ -104,7 +127,8 @@ def resolve_targets(
 
 
 def gradient_cams(
-    logits: Tensor, activations: dict[str, Tensor], targets: Tensor, methods: Sequence[str]
+    logits: Tensor, activations: dict[str, Tensor], targets: Tensor, methods: Sequence[str], *,
+    eigen_smooth: bool = False, need_gradients: bool = True,
 ) -> dict[tuple[str, str], Tensor]:
     """Every requested gradient CAM for every layer, one backward pass per target column.
 
@@ -112,26 +136,29 @@ def gradient_cams(
         logits: (N, K) with a graph back to each tensor of ``activations`` (caught with ``capture(grad=True)``).
         activations: layer → (N, C, h, w).
         targets: (N, T) class indices.
-        methods: names in ``CAM_FORMULAS``.
+        methods: gradient-engine method names (``gradient_formula``).
+        eigen_smooth: project weighted activations on their first principal component instead of summing.
+        need_gradients: False when no method uses G (EigenCAM only): no backward pass, G is passed as zeros.
 
     Returns:
         (layer, method) → (N, T, h, w) float32 on the activations' device, detached.
     """
-    unknown = [m for m in methods if m not in CAM_FORMULAS]
-    if unknown:
-        raise MethodError(f"unknown gradient CAM method(s): {', '.join(unknown)}")
+    formulas = {m: gradient_formula(m, eigen_smooth=eigen_smooth) for m in methods}
     if targets.shape[0] != logits.shape[0]:
         raise MethodError(f"expected one target row per image ({logits.shape[0]}), got {targets.shape[0]}")
     layers = list(activations)
     per_target: dict[tuple[str, str], list[Tensor]] = {(layer, m): [] for layer in layers for m in methods}
     columns = targets.shape[1]
     for t in range(columns):
-        # Images are independent in eval mode, so the gradient of the summed scores is each image's own gradient.
-        score = logits.gather(1, targets[:, t : t + 1]).sum()
-        grads = torch.autograd.grad(score, [activations[layer] for layer in layers], retain_graph=t < columns - 1)
+        if need_gradients:
+            # Images are independent in eval mode, so the gradient of the summed scores is each image's own gradient.
+            score = logits.gather(1, targets[:, t : t + 1]).sum()
+            grads = torch.autograd.grad(score, [activations[layer] for layer in layers], retain_graph=t < columns - 1)
+        else:
+            grads = tuple(torch.zeros_like(activations[layer]) for layer in layers)
         for layer, g in zip(layers, grads, strict=True):
             a = activations[layer].detach().float()
             g = g.detach().float()
             for m in methods:
-                per_target[(layer, m)].append(CAM_FORMULAS[m](a, g))
+                per_target[(layer, m)].append(formulas[m](a, g))
     return {key: torch.stack(maps, dim=1) for key, maps in per_target.items()}
