@@ -70,6 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"cache: {s.cache_hits} hits, {s.cache_misses} misses, {s.cache_writes} written ({cfg.run.cache_dir})")
     print(f"model work: {s.forward_passes} forward passes, {s.backward_passes} backward passes, "
           f"{s.map_passes} method runs with passes of their own")
+    if s.oom_splits:
+        print(f"out of memory {s.oom_splits} time(s): batches were halved and retried (same results)")
     secs = ", ".join(f"{k} {v:.2f}s" for k, v in s.seconds.items())
     print(f"time: {s.duration_s:.2f}s ({secs})")
     print(f"report: {result.html}")

@@ -34,6 +34,7 @@ class Counters:
         self.forward_passes = 0
         self.backward_passes = 0
         self.map_passes = 0
+        self.oom_splits = 0
 
 
 def _map_functions() -> dict[str, Callable[..., torch.Tensor]]:
@@ -112,14 +113,35 @@ def fill_batch(cfg: RunConfig, lm: LoadedModel, cache: TensorCache, keys: list[d
     if not rows:
         return
     wanted = {name for r in rows for name in keys[r] if name not in found[r]} | {("pred",)}
-    sub = x[rows].to(lm.device, non_blocking=True)
-    computed = compute_entries(cfg, lm, sub, wanted, [labels[r] for r in rows], counters)
-    for j, row in enumerate(rows):
-        for name, per_image in computed.items():
-            if name not in found[row] and name in keys[row]:
-                arrays, meta = per_image[j]
-                cache.put(keys[row][name], arrays, meta)
-                found[row][name] = (arrays, meta)
+    for part in _split_on_oom(cfg, lm, x, rows, wanted, labels, counters):
+        part_rows, computed = part
+        for j, row in enumerate(part_rows):
+            for name, per_image in computed.items():
+                if name not in found[row] and name in keys[row]:
+                    arrays, meta = per_image[j]
+                    cache.put(keys[row][name], arrays, meta)
+                    found[row][name] = (arrays, meta)
+
+
+def _split_on_oom(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, rows: list[int], wanted: set[tuple],
+                  labels: list[int | None], counters: Counters) -> list[tuple[list[int], dict[tuple, list[Entry]]]]:
+    """Compute ``rows`` of ``x`` in one go; on an out-of-memory error, halve the rows and retry each half.
+
+    A single image that still does not fit re-raises the error. Results are identical either way (images are
+    independent in eval mode); ``counters.oom_splits`` tells the run summary that it happened.
+    """
+    try:
+        sub = x[rows].to(lm.device, non_blocking=True)
+        return [(rows, compute_entries(cfg, lm, sub, wanted, [labels[r] for r in rows], counters))]
+    except torch.OutOfMemoryError:
+        if len(rows) == 1:
+            raise
+        counters.oom_splits += 1
+        if lm.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(rows) // 2
+        return [*_split_on_oom(cfg, lm, x, rows[:half], wanted, labels, counters),
+                *_split_on_oom(cfg, lm, x, rows[half:], wanted, labels, counters)]
 
 
 def kernel_entry(lm: LoadedModel, layer: str, max_kernels: int) -> Entry:

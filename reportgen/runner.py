@@ -44,6 +44,7 @@ class RunStats:
     forward_passes: int = 0
     backward_passes: int = 0
     map_passes: int = 0
+    oom_splits: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
     cache_writes: int = 0
@@ -420,7 +421,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
             cold.append(i)
 
     class _NoWork:
-        forward_passes = backward_passes = map_passes = 0
+        forward_passes = backward_passes = map_passes = oom_splits = 0
 
     counters = _NoWork()
     if cold:
@@ -460,7 +461,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
         skipped.sort(key=lambda sk: sk.rel)
         stats.device = model.device_label()
         stats.forward_passes, stats.backward_passes = counters.forward_passes, counters.backward_passes
-        stats.map_passes = counters.map_passes
+        stats.map_passes, stats.oom_splits = counters.map_passes, counters.oom_splits
         stats.images_ok = len(images)
         stats.images_skipped = len(skipped)
         stats.cache_hits, stats.cache_misses, stats.cache_writes = cache.hits, cache.misses, cache.writes

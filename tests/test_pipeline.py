@@ -250,3 +250,26 @@ def test_factory_without_declared_identity_is_built_every_run(tmp_path, image_di
     handle = prepare(load_config(path))
     assert handle.built
     assert run(load_config(path), force=True, model=handle).stats.forward_passes == 0  # results still cached
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_results(tmp_path, image_dir, monkeypatch):
+    import reportgen.compute as compute
+
+    cfg = load_config(write_config(tmp_path, image_dir, run={
+        "output": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "device": "cpu", "batch_size": 4}))
+    reference = json.loads(run(cfg).manifest.read_text())["images"]
+    real = compute.compute_entries
+
+    def small_memory(cfg, lm, x, *args, **kwargs):
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("pretend: CUDA out of memory")
+        return real(cfg, lm, x, *args, **kwargs)
+
+    monkeypatch.setattr(compute, "compute_entries", small_memory)
+    cfg2 = load_config(write_config(tmp_path, image_dir, run={
+        "output": str(tmp_path / "out2"), "cache_dir": str(tmp_path / "cache2"), "device": "cpu", "batch_size": 4}))
+    result = run(cfg2)
+    assert result.stats.oom_splits == 3  # 4 → 2 + 2 → 1 + 1 + 1 + 1
+    assert result.stats.forward_passes == 4
+    got = json.loads(result.manifest.read_text())["images"]
+    assert [i["predictions"] for i in got] == [i["predictions"] for i in reference]
