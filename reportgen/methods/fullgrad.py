@@ -46,6 +46,20 @@ def _normalised_channel_sum(v: Tensor) -> Tensor:
     return flat.sum(dim=1).view(v.shape[0], *v.shape[2:])
 
 
+def _bias_term(grad: Tensor, bias: Tensor) -> Tensor:
+    """(N, C, h, w) dy/dA and (C,) b → (N, h, w) ``sum_c minmax_hw(|dy/dA_c * b_c|)``, in fewer passes.
+
+    With ``v = |b_c| |g|``: ``(v - min v) / (eps + max v - min v) = (|g| - min|g|) * |b_c| / (eps + |b_c| (max|g| -
+    min|g|))``, so one abs, one min/max pass, one in-place subtraction and one batched matrix product do it.
+    """
+    a = grad.float().abs().flatten(2)  # a new tensor: safe to modify in place
+    low, high = torch.aminmax(a, dim=2, keepdim=True)
+    b = bias.float().abs().view(1, -1, 1)
+    scale = b / (_EPS + b * (high - low))  # (N, C, 1)
+    a.sub_(low)
+    return torch.bmm(scale.transpose(1, 2), a).view(grad.shape[0], *grad.shape[2:])
+
+
 def _check(x: Tensor, targets: Tensor) -> None:
     if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
         got = (tuple(x.shape), x.dtype) if isinstance(x, Tensor) else type(x).__name__
@@ -84,6 +98,8 @@ def fullgrad(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
         raise MethodError(f"expected an eager nn.Module for FullGrad's hooks, got TorchScript {type(model).__name__}")
     targets = targets.to(x.device)
     n, _, height, width = x.shape
+    if n == 0:
+        return torch.zeros((0, targets.shape[1], height, width), dtype=torch.float32, device=x.device)
     layers = bias_layers(model)
     biases = {id(layer): _effective_bias(layer) for layer in layers}
     caught: list[tuple[Tensor, Tensor]] = []  # (layer output, its bias (C,)), one per call
@@ -109,7 +125,8 @@ def fullgrad(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
                 raise MethodError(f"expected the model to return logits of shape ({n}, K), got {got}")
             k = logits.shape[1]
             if int(targets.min()) < 0 or int(targets.max()) >= k:
-                raise MethodError(f"expected target classes in [0, {k}), got {targets.min().item()}..{targets.max().item()}")
+                low, high = targets.min().item(), targets.max().item()
+                raise MethodError(f"expected target classes in [0, {k}), got {low}..{high}")
             outputs = [out for out, _ in caught]
             for t in range(columns):
                 score = logits.gather(1, targets[:, t : t + 1]).float().sum()
@@ -133,7 +150,7 @@ def _aggregate(
     for (_, bias), g in zip(caught, grads, strict=True):
         if g is None:  # a layer off the path to the target scores contributes an all-zero map
             continue
-        part = _normalised_channel_sum((g.float() * bias.float().view(1, -1, 1, 1)).abs())
+        part = _bias_term(g, bias)
         key = (part.shape[-2], part.shape[-1])
         by_size[key] = by_size[key] + part if key in by_size else part
     for key, part in by_size.items():

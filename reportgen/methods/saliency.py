@@ -31,6 +31,7 @@ __all__ = [
     "smoothgrad",
 ]
 
+_RAW_METHODS = ("saliency", "guided_backprop", "smoothgrad", "integrated_gradients")
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
@@ -233,10 +234,14 @@ def raw_attributions(
         ``GuidedBackprop``, ``NoiseTunnel(Saliency)`` (smoothgrad) and ``IntegratedGradients`` (zero baseline)
         attribute.
     """
+    if method not in _RAW_METHODS:
+        raise MethodError(f"expected a method in {', '.join(_RAW_METHODS)}, got {method!r}")
     _check_inputs(x, targets)
     targets = targets.to(x.device)
     x = x.detach()
     shape = tuple(x.shape[1:])
+    if x.shape[0] == 0:
+        return torch.zeros((0, targets.shape[1], *shape), dtype=torch.float32, device=x.device)
     if method == "saliency":
         return _input_gradients(model, x, targets)
     if method == "guided_backprop":
@@ -259,8 +264,9 @@ def raw_attributions(
         current: list = [-1, None]  # the image whose noisy copies were drawn last, and those copies
 
         def noisy(image: int, first: int, stop: int) -> Tensor:
-            # Noise is drawn image by image, in order, in one call per image: the stream (and so the map) does
-            # not depend on batch_size; on the CPU it equals captum's single torch.normal call over all copies.
+            # Noise is drawn image by image, in order, one call per image: the stream (and so the map) does not
+            # depend on batch_size. On the CPU, when samples * C * H * W is a multiple of 16, it equals captum's
+            # single torch.normal draw over all copies under torch.manual_seed(seed).
             while current[0] < image:
                 nxt = current[0] + 1
                 eps = torch.randn((samples, *shape), generator=gen, device=x.device, dtype=x.dtype)
@@ -281,9 +287,7 @@ def raw_attributions(
         weights = torch.tensor(sizes, dtype=torch.float32, device=x.device)
         total = _batched(model, targets, steps, on_path, weights, batch_size, shape)
         return total * x.float()[:, None]
-    raise MethodError(
-        f"expected a method in saliency, guided_backprop, smoothgrad, integrated_gradients, got {method!r}"
-    )
+    raise AssertionError(method)  # unreachable: checked above
 
 
 # ---------------------------------------------------------------------------------------------------- maps
@@ -310,10 +314,14 @@ def guided_backprop(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
 
     Formula: ``S = max_c |guided dy_t/dx_c|``, each ReLU passing back ``relu(grad_out) * [input > 0]``.
 
-    Forward pre-hooks on every ``nn.ReLU`` module run it on a copy of its input whose gradient is clamped at
-    zero (captum's mechanism, so in-place ReLUs work and no module is swapped); the hooks are removed in
-    ``finally``. Only ``nn.ReLU`` modules are guided: ``torch.nn.functional.relu`` calls (and ReLU6, SiLU,
-    ... modules) pass plain gradients. A model without any ``nn.ReLU`` module raises ``MethodError``.
+    Forward pre-hooks on every ``nn.ReLU`` module (subclasses included) run it on a copy of its input whose
+    gradient is clamped at zero (captum's mechanism: no full backward hook, so in-place ReLUs work, and no module
+    is swapped); the hooks are removed in ``finally``. Captum hooks the original input tensor instead, so where
+    that tensor also feeds another op it clamps the sum of all gradients reaching it; the copy's gradient is the
+    ReLU's own grad_input, what a full backward hook would see. Both agree when a ReLU's input feeds nothing
+    else (torchvision's nets). Only ``nn.ReLU`` modules are guided: ``torch.nn.functional.relu`` calls, even
+    inside a model that also has ReLU modules, and ReLU6, SiLU, ... modules pass plain gradients. A model
+    without any ``nn.ReLU`` module raises ``MethodError``.
 
     Args:
         model: borrowed (eval mode, frozen parameters); left exactly as found.
