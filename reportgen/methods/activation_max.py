@@ -11,6 +11,13 @@ Randomness: the image at position ``i`` of ``channels`` draws its initial parame
 transform from its own CPU ``torch.Generator``, seeded from ``(seed, i)``. So an image does not depend on
 ``batch_size`` (chunking), on the other channels asked for, on the device's RNG or on the global RNG, which is
 left untouched; the same call gives the same images bit for bit on the same device.
+
+Chunking: the images are independent (eval mode), so ``batch_size`` only splits the forwards. It is exact, not
+just close, on the CPU: oneDNN runs a batch of one through other kernels than a batch of two or more, whose
+different rounding Adam's sign-like first steps would amplify into visibly different images; so a chunk of a
+single image is run with a detached copy of itself (whose output is dropped), and the model gets contiguous NCHW
+input (``einsum`` returns channels-last for N > 1, which also switches kernels). On a GPU, cuDNN may still pick
+batch-size-dependent algorithms: there ``batch_size`` changes images only by rounding, amplified.
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ def visualize_filters(
 
     Args:
         model: a CNN taking (N, 3, size, size) normalised images; not moved, not changed.
-        layer: qualified module name whose output is (N, C, h, w).
+        layer: qualified module name whose output is (N, C, h, w); a module called twice counts its first call.
         channels: indices in [0, C), repeats allowed; the images come back in this order.
         mean: the model's per-channel (RGB) input mean, 3 floats.
         std: the model's per-channel (RGB) input standard deviation, 3 floats > 0.
@@ -81,7 +88,8 @@ def visualize_filters(
         steps: optimisation steps, >= 1.
         lr: Adam learning rate, > 0.
         parameterization: ``fourier`` (1/f-scaled spectrum, as lucid) or ``pixel`` (a logit per pixel).
-        transforms: each step, look at the image through a random jitter, scale (0.9-1.1) and rotation (±10°).
+        transforms: each step, look at the image through a random jitter (±size/16 px), scale (0.9-1.1) and
+            rotation (±10°); with False the model sees the image as returned.
         decorrelate: map the parameters through lucid's ImageNet colour-correlation matrix before the sigmoid.
         seed: seeds every random draw (initial images, transforms), per image from ``(seed, position)``.
         batch_size: images per forward pass, >= 1; does not change the result.
@@ -101,16 +109,17 @@ def visualize_filters(
         raise MethodError(str(exc)) from exc
     dev = device if device is not None else _model_device(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    mean_t = torch.tensor([float(m) for m in mean], device=dev).view(1, 3, 1, 1)
-    std_t = torch.tensor([float(s) for s in std], device=dev).view(1, 3, 1, 1)
     k = len(chans)
 
     def stop(_module: nn.Module, _inputs: object, _output: object) -> None:
         raise _LayerReached
 
-    with borrowed(model), capture(model, [layer]) as caught:
+    # inference_mode(False): callers inside inference mode would otherwise get tensors that autograd refuses
+    with torch.inference_mode(False), borrowed(model), capture(model, [layer]) as caught:
         handle = module.register_forward_hook(stop)  # after capture's hook, so the output is caught first
         try:
+            mean_t = torch.tensor([float(m) for m in mean], device=dev).view(1, 3, 1, 1)
+            std_t = torch.tensor([float(s) for s in std], device=dev).view(1, 3, 1, 1)
             with torch.no_grad():
                 grey = torch.full((1, 3, size, size), 0.5, device=dev)
                 probe = _forward_to_layer(model, ((grey - mean_t) / std_t).to(dtype), caught, layer, probe=True)
@@ -138,8 +147,11 @@ def visualize_filters(
                         image = _to_rgb(params[part], parameterization, size, scale, color, decorrelate)
                         if thetas is not None:
                             image = _apply_transforms(image, thetas[part, step])
-                        act = _forward_to_layer(model, ((image - mean_t) / std_t).to(dtype), caught, layer)
-                        rows = torch.arange(act.shape[0], device=act.device)
+                        n = image.shape[0]
+                        if n == 1:  # run as two: see "Chunking" in the module docstring
+                            image = torch.cat([image, image.detach()])
+                        act = _forward_to_layer(model, ((image - mean_t) / std_t).to(dtype), caught, layer)[:n]
+                        rows = torch.arange(n, device=act.device)
                         score = act[rows, targets[part].to(act.device)].float().mean(dim=(1, 2))
                         (-score.sum()).backward()
                         del image, act, score
@@ -239,7 +251,7 @@ def _to_rgb(params: Tensor, parameterization: str, size: int, scale: Tensor, col
     else:
         x = params
     if decorrelate:
-        x = torch.einsum("nchw,dc->ndhw", x, color)
+        x = torch.einsum("nchw,dc->ndhw", x, color).contiguous()  # einsum returns channels-last for N > 1
     return torch.sigmoid(x)
 
 
