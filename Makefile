@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test lint clean-outputs
+.PHONY: install system-deps demo test lint bench classics clean-outputs
 
 # WeasyPrint draws with Pango and subsets fonts with HarfBuzz's subsetter (without it, a slow pure-Python
 # fallback). Installed from Debian when missing and we may; otherwise a note, never a failure.
@@ -36,7 +36,19 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check reportgen tests
+	$(VENV)/bin/ruff check reportgen tests bench
+
+# The three classic examples (VGG11 kernels, VGG16 filter visualization, AlexNet saliency), random weights.
+classics: $(STAMP)
+	$(PY) -m reportgen.demo outputs/demo-images
+	for c in vgg11_kernels alexnet_saliency vgg16_filters; do $(VENV)/bin/reportgen run configs/$$c.yaml --force || exit 1; done
+
+# reportgen against the hardware floor and the peers (pytorch-grad-cam, torchcam, captum): one JSON line each.
+BENCH_DEVICE ?= cpu
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]' || echo "note: could not install the bench extra; missing peers are reported as error lines"
+	rm -f bench/results_$(BENCH_DEVICE).jsonl
+	$(PY) -m bench --device $(BENCH_DEVICE) --out bench/results_$(BENCH_DEVICE).jsonl
 
 clean-outputs:
 	rm -rf outputs/demo outputs/demo-images outputs/cache
