@@ -15,6 +15,7 @@ from reportgen.batches import to_tensor
 from reportgen.cli import main
 from reportgen.config import ModelConfig, PreprocessConfig, load_config
 from reportgen.demo import DEMO_PHOTOS, write_demo_images
+from reportgen.methods import get_method
 from reportgen.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,11 @@ def test_demo_end_to_end_then_warm_rerun(tmp_path, capsys):
     for image in manifest["images"]:
         assert image["id"] in page.ids
         assert [f["layer"] for f in image["feature_maps"]] == list(cfg.feature_maps.layers)
-        assert [len(g["panels"]) for g in image["cams"]] == [len(cfg.cams.methods)] * len(cfg.cams.layers)
+        layered = [m for m in cfg.cams.methods if get_method(m).needs_layer]
+        on_input = [m for m in cfg.cams.methods if not get_method(m).needs_layer]
+        # one group per layer (a panel per method), then the input-level group (the map and an overlay each)
+        assert [g["layer"] for g in image["cams"]] == [*cfg.cams.layers, ""]
+        assert [len(g["panels"]) for g in image["cams"]] == [len(layered)] * len(cfg.cams.layers) + [2 * len(on_input)]
         assert (out / image["maps_file"]).is_file()
     by_path = {i["path"]: i for i in manifest["images"]}
     assert by_path["Egyptian cat/chelsea.png"]["correct"] is True
