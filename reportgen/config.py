@@ -484,12 +484,18 @@ def _read_params(r: _Reader, methods: tuple[str, ...]) -> dict[str, dict[str, An
     """``cams.params.<method>.<name>``, checked against each method's declared parameters; defaults filled in."""
     from reportgen.methods import get_method, list_methods
 
-    known = tuple(s.name for s in list_methods("cam") if s.params)
+    known = tuple(s.name for s in list_methods("cam"))
     raw = r.section("cams.params", known)
     out: dict[str, dict[str, Any]] = {}
-    for name in raw:
-        if name in known and name not in methods:
+    for name, value in raw.items():
+        if name not in known:
+            continue
+        if not get_method(name).params:
+            r.problem(f"cams.params.{name}", f"{name} takes no parameters")
+        elif name not in methods:
             r.problem(f"cams.params.{name}", f"parameters for {name!r}, which is not in cams.methods")
+        elif value is not None and not isinstance(value, dict):
+            r.problem(f"cams.params.{name}", f"expected a mapping of parameter names to values, got {value!r}")
     for method in methods:
         spec = get_method(method)
         if not spec.params:

@@ -157,3 +157,26 @@ def test_data_override_replaces_a_missing_folder(tmp_path, capsys):
     assert cfg.data.path == (tmp_path / "images").resolve()
     code, _, err = _cli(capsys, "run", str(path), "--data", str(tmp_path / "missing"))
     assert code == 2 and f"--data: folder not found: {(tmp_path / 'missing').resolve()}" in err
+
+
+def test_method_params_are_validated_against_the_registry(tmp_path):
+    text = GOOD.replace("methods: [gradcam]", "methods: [gradcam, smoothgrad, scorecam]") + (
+        "  params:\n    smoothgrad: {samples: 0, noize: 0.1}\n    scorecam: {bf16: yes}\n    fullgrad: {}\n")
+    path = _write(tmp_path, text)
+    problems = _problems(path)
+    assert sorted(problems) == sorted([  # (YAML 1.1 reads "yes" as true, so scorecam.bf16 is fine)
+        f"{path}:19: cams.params.smoothgrad.noize: unknown key; did you mean 'noise'?",
+        f"{path}:19: cams.params.smoothgrad.samples: expected a value >= 1, got 0",
+        f"{path}:21: cams.params.fullgrad: fullgrad takes no parameters",
+    ])
+    cfg = load_config(_write(tmp_path, GOOD.replace("methods: [gradcam]", "methods: [gradcam, smoothgrad]")))
+    assert cfg.cams.params == {"smoothgrad": {"samples": 25, "noise": 0.15, "seed": 0, "batch_size": 64}}
+
+
+def test_input_level_methods_need_no_layers(tmp_path):
+    text = GOOD.replace("  methods: [gradcam]\n  layers: [features.5]\n", "  methods: [saliency, fullgrad]\n")
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.cams.methods == ("saliency", "fullgrad") and cfg.cams.layers == ()
+    text = GOOD.replace("  methods: [gradcam]\n  layers: [features.5]\n", "  methods: [saliency, gradcam]\n")
+    path = _write(tmp_path, text)
+    assert _problems(path) == [f"{path}:15: cams.layers: required for gradcam: name at least one layer"]
