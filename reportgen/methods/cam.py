@@ -26,11 +26,11 @@ def _gradcam(a: Tensor, g: Tensor) -> Tensor:
 
 
 def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
-    g2 = g.pow(2)
-    g3 = g2 * g
+    # alpha = G^2 / (2 G^2 + sum_hw(A) G^3 + eps), written with one fewer temporary; where G == 0 it is 0 / eps = 0,
+    # which is what pytorch-grad-cam's explicit np.where(G != 0, alpha, 0) gives.
+    g2 = g * g
     sum_a = a.sum(dim=(2, 3), keepdim=True)
-    alpha = g2 / (2 * g2 + sum_a * g3 + _EPS)
-    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    alpha = g2 / (g2 * (2 + sum_a * g) + _EPS)
     return (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True) * a
 
 
