@@ -20,16 +20,6 @@ SETUPS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small forwards: on a busy 2-core machine two OpenMP threads spin-wait for each other and run these
-    tests ~10x slower than one thread does. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
     from tinynets import tiny_cnn

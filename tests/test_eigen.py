@@ -22,15 +22,6 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core CPU two OpenMP workers spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

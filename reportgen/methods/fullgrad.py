@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError
+from reportgen.methods.inputs import check_batch
 
 __all__ = ["bias_layers", "fullgrad"]
 
@@ -60,19 +61,6 @@ def _bias_term(grad: Tensor, bias: Tensor) -> Tensor:
     return torch.bmm(scale.transpose(1, 2), a).view(grad.shape[0], *grad.shape[2:])
 
 
-def _check(x: Tensor, targets: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
-        got = (tuple(x.shape), x.dtype) if isinstance(x, Tensor) else type(x).__name__
-        raise MethodError(f"expected float input images of shape (N, 3, H, W), got {got}")
-    if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.shape[0] != x.shape[0]:
-        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise MethodError(f"expected targets of shape (N, T) = ({x.shape[0]}, T), got {got}")
-    if targets.dtype != torch.long:
-        raise MethodError(f"expected int64 target class indices, got {targets.dtype}")
-    if targets.shape[1] == 0:
-        raise MethodError("expected at least one target column, got T = 0")
-
-
 def fullgrad(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     """FullGrad (Srinivas & Fleuret, "Full-Gradient Representation for Neural Network Visualization", NeurIPS 2019).
 
@@ -93,7 +81,7 @@ def fullgrad(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     Returns:
         (N, T, H, W) float32 >= 0 on x's device, detached.
     """
-    _check(x, targets)
+    targets = check_batch(x, targets)
     if isinstance(model, torch.jit.ScriptModule):
         raise MethodError(f"expected an eager nn.Module for FullGrad's hooks, got TorchScript {type(model).__name__}")
     targets = targets.to(x.device)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from reportgen.errors import MethodError
 from reportgen.hooks import capture
+from reportgen.methods.inputs import check_batch
 from reportgen.models import find_layer
 
 __all__ = ["ablationcam", "scorecam"]
@@ -40,15 +41,9 @@ _ABLATION_VALUE = 1e7  # pytorch-grad-cam's AblationLayer: a channel of a layer 
 
 def _check(x: Tensor, targets: Tensor, batch_size: int) -> Tensor:
     """Validate the arguments; return ``targets`` as int64 on ``x``'s device."""
-    if x.ndim != 4 or not x.is_floating_point():
-        raise MethodError(f"expected a floating-point input batch (N, 3, H, W), got {x.dtype} of shape {tuple(x.shape)}")
-    if targets.ndim != 2 or targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise MethodError(f"expected integer targets of shape (N, T), got {targets.dtype} of shape {tuple(targets.shape)}")
-    if targets.shape[0] != x.shape[0]:
-        raise MethodError(f"expected one target row per image ({x.shape[0]}), got {targets.shape[0]}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise MethodError(f"expected a batch_size >= 1, got {batch_size!r}")
-    return targets.to(device=x.device, dtype=torch.long)
+    return check_batch(x, targets)
 
 
 def _autocast(x: Tensor, bf16: bool) -> contextlib.AbstractContextManager:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError
+from reportgen.methods.inputs import check_batch
 
 __all__ = [
     "IG_METHODS",
@@ -36,21 +37,6 @@ IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle"
 
 
 # ---------------------------------------------------------------------------------------------------- checks
-
-
-def _check_inputs(x: Tensor, targets: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise MethodError(f"expected input images of shape (N, 3, H, W), got {got}")
-    if not x.is_floating_point():
-        raise MethodError(f"expected a floating-point input, got {x.dtype}")
-    if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.shape[0] != x.shape[0]:
-        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise MethodError(f"expected targets of shape (N, T) = ({x.shape[0]}, T), got {got}")
-    if targets.dtype != torch.long:
-        raise MethodError(f"expected int64 target class indices, got {targets.dtype}")
-    if targets.shape[1] == 0:
-        raise MethodError("expected at least one target column, got T = 0")
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -236,7 +222,7 @@ def raw_attributions(
     """
     if method not in _RAW_METHODS:
         raise MethodError(f"expected a method in {', '.join(_RAW_METHODS)}, got {method!r}")
-    _check_inputs(x, targets)
+    targets = check_batch(x, targets)
     targets = targets.to(x.device)
     x = x.detach()
     shape = tuple(x.shape[1:])
