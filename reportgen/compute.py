@@ -89,6 +89,9 @@ def compute_entries(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, wanted: se
                                                  eigen_smooth=cfg.cams.eigen_smooth, need_gradients=need_gradients))
                 counters.backward_passes += targets.shape[1] if need_gradients else 0
         del logits, caught
+        if grad_layers and cfg.cams.aug_smooth:
+            _augment_smooth(model, x, targets, grad_layers, grad_methods, cfg.cams.eigen_smooth, need_gradients,
+                            maps_by_key, counters)
         functions = _map_functions() if map_jobs else {}
         for method, layer in map_jobs:
             kwargs = dict(cfg.cams.params.get(method, {}))
@@ -104,6 +107,32 @@ def compute_entries(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, wanted: se
         maps_np = (maps.half() if maps.shape[-1] * maps.shape[-2] > 64 * 64 else maps).cpu().numpy()
         out[("cam", method, layer)] = [({"maps": maps_np[i], "targets": targets_np[i]}, meta[i]) for i in range(n)]
     return out
+
+
+# pytorch-grad-cam's aug_smooth (ttach): horizontal flip x multiply by 0.9 / 1.0 / 1.1; (flip, factor) = (False, 1.0)
+# is the plain pass already computed.
+_AUGMENTATIONS = [(flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1) if (flip, factor) != (False, 1.0)]
+
+
+def _augment_smooth(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, layers: list[str],
+                    methods: list[str], eigen_smooth: bool, need_gradients: bool,
+                    maps_by_key: dict[tuple[str, str], torch.Tensor], counters: Counters) -> None:
+    """Test-time augmentation smoothing of the gradient CAMs: average over 6 augmented copies (flipped maps are
+    flipped back), the same targets for every copy. Replaces the entries of ``maps_by_key`` in place."""
+    sums = {key: maps_by_key[key].clone() for key in maps_by_key}
+    for flip, factor in _AUGMENTATIONS:
+        xa = (x.flip(-1) if flip else x) * factor
+        with capture(model, layers, grad=need_gradients) as caught:
+            with torch.enable_grad() if need_gradients else torch.inference_mode():
+                logits = model(xa)
+            counters.forward_passes += 1
+            maps = gradient_cams(logits, {la: caught[la] for la in layers}, targets, methods,
+                                 eigen_smooth=eigen_smooth, need_gradients=need_gradients)
+            counters.backward_passes += targets.shape[1] if need_gradients else 0
+        for key, m in maps.items():
+            sums[key] += m.flip(-1) if flip else m
+    for key, total in sums.items():
+        maps_by_key[key] = total / (len(_AUGMENTATIONS) + 1)
 
 
 def fill_batch(cfg: RunConfig, lm: LoadedModel, cache: TensorCache, keys: list[dict[tuple, str]],

@@ -101,6 +101,7 @@ class CamsConfig:
     class_index: int | None = None
     top_k: int = 1
     eigen_smooth: bool = False
+    aug_smooth: bool = False
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -440,7 +441,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     kernels = KernelsConfig(r.names("kernels.layers"), r.get("kernels.max_kernels", int, 64, minimum=1, maximum=65536))
     r.section("feature_maps", ("layers", "top_k"))
     fmaps = FeatureMapsConfig(r.names("feature_maps.layers"), r.get("feature_maps.top_k", int, 16, minimum=1, maximum=256))
-    r.section("cams", ("methods", "layers", "target", "top_k", "eigen_smooth", "params"))
+    r.section("cams", ("methods", "layers", "target", "top_k", "eigen_smooth", "aug_smooth", "params"))
     methods = r.names("cams.methods", choices=method_names)
     cam_layers = r.names("cams.layers")
     raw_cams = data.get("cams") if isinstance(data.get("cams"), dict) else {}
@@ -453,6 +454,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     target, class_index = _read_targets(r)
     top_k = r.get("cams.top_k", int, 1, minimum=1, maximum=20)
     eigen_smooth = r.get("cams.eigen_smooth", bool, False)
+    aug_smooth = r.get("cams.aug_smooth", bool, False)
     filters = _read_filters(r)
     r.section("report", ("pdf", "colormap", "alpha", "image_size"))
     report = ReportOptions(
@@ -473,7 +475,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         kernels=kernels,
         feature_maps=fmaps,
         cams=CamsConfig(methods=methods, layers=cam_layers, target=target, class_index=class_index, top_k=top_k,
-                        eigen_smooth=eigen_smooth, params=params),
+                        eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, params=params),
         filters=filters,
         report=report,
         lines=dict(lines),

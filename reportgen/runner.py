@@ -188,6 +188,8 @@ class _Planner:
             params = dict(cams.params.get(method, {}))
             if spec.engine == "gradient" and cams.eigen_smooth:
                 params["eigen_smooth"] = True
+            if spec.engine == "gradient" and cams.aug_smooth:
+                params["aug_smooth"] = True
             for layer in cams.layers if spec.needs_layer else ("",):
                 parts = {**base, "method": method, "params": params, "layer": layer, "target": target}
                 keys[("cam", method, layer)] = cache_key(parts)

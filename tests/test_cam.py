@@ -166,3 +166,51 @@ def test_registry_and_formulas_agree():
 
     assert {s.name for s in list_methods("cam", engine="gradient")} == {*CAM_FORMULAS, "eigencam", "eigengradcam"}
     assert set(CAM_FORMULAS) == set(METHODS)
+
+
+def test_eigen_smooth_projects_the_weighted_activations(tiny_model):
+    from reportgen.methods.cam import WEIGHTED
+    from reportgen.methods.eigen import eigencam
+
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with borrowed(tiny_model), capture(tiny_model, ["features.5"], grad=True) as caught:
+        with torch.enable_grad():
+            logits = tiny_model(x)
+        targets, _ = resolve_targets(logits.detach(), "predicted")
+        a = caught["features.5"]
+        (g,) = torch.autograd.grad(logits.gather(1, targets).sum(), [a], retain_graph=True)
+        maps = gradient_cams(logits, {"features.5": a}, targets, ["gradcam", "layercam"], eigen_smooth=True)
+    for m in ["gradcam", "layercam"]:
+        expected = eigencam(WEIGHTED[m](a.detach(), g), g)
+        assert torch.allclose(maps[("features.5", m)][:, 0], expected, atol=1e-6)
+
+
+def test_aug_smooth_averages_six_augmented_passes(tmp_path, image_dir):
+    import numpy as np
+    from conftest import write_config
+
+    from reportgen.compute import Counters, compute_entries
+    from reportgen.config import load_config
+    from reportgen.models import load_model
+
+    cams = {"methods": ["gradcam"], "layers": ["features.5"], "aug_smooth": True}
+    cfg = load_config(write_config(tmp_path, image_dir, cams=cams))
+    lm = load_model(cfg.model, "cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    counters = Counters()
+    out = compute_entries(cfg, lm, x, {("pred",), ("cam", "gradcam", "features.5")}, [None, None], counters)
+    assert (counters.forward_passes, counters.backward_passes) == (6, 6)
+    got = np.stack([e[0]["maps"][0] for e in out[("cam", "gradcam", "features.5")]])
+    # reference: the plain maps of each augmentation, flipped back, averaged
+    total = 0
+    targets = torch.tensor([[int(e[0]["targets"][0])] for e in out[("cam", "gradcam", "features.5")]])
+    for flip in (False, True):
+        for factor in (0.9, 1.0, 1.1):
+            xa = (x.flip(-1) if flip else x) * factor
+            with borrowed(lm.module), capture(lm.module, ["features.5"], grad=True) as caught:
+                with torch.enable_grad():
+                    logits = lm.module(xa)
+                m = gradient_cams(logits, {"features.5": caught["features.5"]}, targets, ["gradcam"])
+            m = m[("features.5", "gradcam")][:, 0]
+            total = total + (m.flip(-1) if flip else m)
+    np.testing.assert_allclose(got, (total / 6).numpy(), rtol=1e-5, atol=1e-7)
