@@ -195,18 +195,22 @@ def _suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str:
 # --- YAML with line numbers -------------------------------------------------------------------------------------
 
 
-def _to_python(node: yaml.Node, dotted: str, lines: dict[str, int]) -> Any:
+def _to_python(node: yaml.Node, dotted: str, lines: dict[str, int], duplicates: list[tuple[str, int, int]]) -> Any:
+    """Plain data from a YAML node, recording each key's line and every key given twice in one mapping
+    (PyYAML silently keeps the last one, which would hide a mistake)."""
     lines.setdefault(dotted, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
             child = f"{dotted}.{key}" if dotted else key
+            if key in out:
+                duplicates.append((child, key_node.start_mark.line + 1, lines[child]))
             lines[child] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, child, lines)
+            out[key] = _to_python(value_node, child, lines, duplicates)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, f"{dotted}[{i}]", lines) for i, item in enumerate(node.value)]
+        return [_to_python(item, f"{dotted}[{i}]", lines, duplicates) for i, item in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
 
 
@@ -271,7 +275,10 @@ class _Reader:
             value = float(value)
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             expected = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-            self.problem(dotted, f"expected {expected}, got {_type_name(value)} {value!r}")
+            hint = ""
+            if isinstance(value, bool) and str in kinds:
+                hint = " (YAML reads yes/no/on/off/true/false as booleans: put the text in quotes)"
+            self.problem(dotted, f"expected {expected}, got {_type_name(value)} {value!r}{hint}")
             return default
         if choices is not None and value not in choices:
             self.problem(dotted, f"expected one of {', '.join(choices)}, got {value!r}" + _suggest(str(value), choices))
@@ -416,10 +423,13 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     if node is None:
         raise ConfigError(f"{path}:1: the config is empty")
     lines: dict[str, int] = {}
-    data = _to_python(node, "", lines)
+    duplicates: list[tuple[str, int, int]] = []
+    data = _to_python(node, "", lines, duplicates)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level, got {_type_name(data)}")
     r = _Reader(path, data, lines)
+    for dotted, line, first in duplicates:
+        r.problems.append(f"{path}:{line}: {dotted}: duplicate key (first given on line {first}); give it once")
     r.section("", ("title", "model", "data", "run", "kernels", "feature_maps", "cams", "filters", "report"))
     title = r.get("title", str, f"reportgen: {path.stem}")
     model = _read_model(r)

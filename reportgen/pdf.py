@@ -43,6 +43,29 @@ def _relative_file_links(document, pdf_dir: Path) -> None:
         page.links[:] = links
 
 
+def _confined_fetcher(root: Path):
+    """A WeasyPrint URL fetcher that reads only files inside ``root`` (the report's folder) and data: URIs.
+
+    A report must never make the printer fetch from the network or read files elsewhere on the machine, even
+    if an image path or a label in the HTML points there: such a URL is refused (WeasyPrint logs the error and
+    prints the alt text instead).
+    """
+    from weasyprint.urls import URLFetcher
+
+    class _Confined(URLFetcher):
+        def fetch(self, url, headers=None):
+            if url.startswith("data:"):
+                return super().fetch(url, headers)
+            parts = urlsplit(url)
+            if parts.scheme == "file":
+                path = Path(url2pathname(parts.path)).resolve()
+                if path == root or root in path.parents:
+                    return super().fetch(url, headers)
+            raise ValueError(f"refused to load {url}: a report reads only files inside {root}")
+
+    return _Confined()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # --wait: import WeasyPrint first, then read "go<TAB>HTML<TAB>OUT" from stdin. The parent starts the child
@@ -78,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             return _error(f"HTML file {html} does not exist")
     try:
         base_url = html.resolve().parent.as_uri() + "/"
-        document = weasyprint.HTML(filename=str(html), base_url=base_url, media_type="print").render(
+        fetcher = _confined_fetcher(html.resolve().parent)
+        document = weasyprint.HTML(filename=str(html), base_url=base_url, media_type="print",
+                                   url_fetcher=fetcher).render(
             optimize_images=False
         )
         _relative_file_links(document, target.resolve().parent)
