@@ -7,6 +7,7 @@ files under ``assets/``; raw maps go to ``maps/<image id>.safetensors`` so any f
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,13 @@ from reportgen.figures import (
 from reportgen.images import ImageRecord
 
 __all__ = ["draw_image", "draw_kernels", "draw_filters"]
+
+
+def _file_part(name: str) -> str:
+    """A layer name as part of a file name: qualified module names are dotted words, but a model may register a
+    submodule under any string, so anything else (``/``, ``..``) is replaced and no asset can leave its folder."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".")
+    return safe or "_"
 
 
 def _save(img: Image.Image, root: Path, rel: str) -> dict:
@@ -49,7 +57,7 @@ def draw_kernels(root: Path, layer: str, kernels: np.ndarray, labels: list[str],
     img = kernel_grid(kernels, rgb=rgb, labels=None if many else labels, tile=12 if many else 40, gap=1 if many else 3)
     what = "filters" if rgb else "kernels"
     scale = "RGB, scaled over the shown filters" if rgb else "blue < 0 < red, centred at zero"
-    entry = _save(img, root, f"assets/kernels/{layer}.jpg")
+    entry = _save(img, root, f"assets/kernels/{_file_part(layer)}.jpg")
     entry.update({
         "layer": layer, "shape": shape, "shown": len(labels), "total": total, "rgb": rgb,
         "caption": f"{len(labels)} of {total} {what}, ranked by L2 norm; {scale}",
@@ -68,7 +76,7 @@ def _percentile_scale(cam: np.ndarray) -> tuple[np.ndarray, float]:
 def _cam_panels(root: Path, base: str, display: np.ndarray, box: tuple[int, int, int, int], cam: np.ndarray,
                 method: str, title: str, layer: str, ti: int, opts: ReportOptions) -> list[dict]:
     """One overlay for a layer's CAM; for an input-level map (saliency, FullGrad) the map itself and an overlay."""
-    tag = layer or "input"
+    tag = _file_part(layer) if layer else "input"
     if layer:
         lo, hi = float(cam.min()), float(cam.max())
         img = overlay(display, normalize_map(cam), cmap=opts.colormap, alpha=opts.alpha, box=box)
@@ -120,7 +128,7 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
         channels = [int(c) for c in tensors["channels"]]
         raw[f"feature_maps/{layer}"] = maps
         raw[f"feature_maps/{layer}/channels"] = np.asarray(tensors["channels"])
-        fig = _save(feature_panel(maps, channels), root, f"{base}/fm-{layer}.jpg")
+        fig = _save(feature_panel(maps, channels), root, f"{base}/fm-{_file_part(layer)}.jpg")
         entry["feature_maps"].append({"layer": layer, **fig, "channels": channels, "shape": list(maps.shape)})
     groups_of = [(layer, [m for m in cam_methods if m[2]]) for layer in cam_layers]
     groups_of.append(("", [m for m in cam_methods if not m[2]]))
@@ -148,6 +156,6 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
 def draw_filters(root: Path, layer: str, images: np.ndarray, channels: Sequence[int], opts_caption: str) -> dict:
     """Draw one layer's activation-maximization images; return its report entry."""
     img = image_grid(images, [f"#{int(c)}" for c in channels])
-    entry = _save(img, root, f"assets/filters/{layer}.jpg")
+    entry = _save(img, root, f"assets/filters/{_file_part(layer)}.jpg")
     entry.update({"layer": layer, "channels": [int(c) for c in channels], "caption": opts_caption})
     return entry

@@ -61,3 +61,11 @@ def test_pdf_printer_reads_nothing_outside_the_report_folder(tmp_path):
     images = list(page.images)
     assert len(images) == 1  # only the file inside the report folder was embedded
     assert images[0].image.convert("RGB").getpixel((5, 5)) == (0, 0, 255)
+
+
+def test_layer_names_cannot_send_assets_outside_their_folder():
+    from reportgen.drawing import _file_part
+
+    assert _file_part("blocks.4.conv_pw") == "blocks.4.conv_pw"
+    assert "/" not in _file_part("../../etc/evil") and not _file_part("../../etc/evil").startswith(".")
+    assert _file_part("..") == "_"
