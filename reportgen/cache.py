@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,7 +25,19 @@ from reportgen.errors import CacheError
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "TensorCache", "CacheInfo"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries carry a checksum of their arrays
+_CHECKSUM = "reportgen.sha256"
+log = logging.getLogger(__name__)
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes: safetensors itself checks only the header."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def cache_key(parts: dict) -> str:
@@ -64,7 +77,10 @@ class TensorCache:
             with safe_open(str(path), framework="np") as f:
                 arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
                 meta = dict(f.metadata() or {})
-        except Exception:  # a truncated or foreign file: recompute rather than fail the run
+            if meta.pop(_CHECKSUM, None) != _checksum(arrays):
+                raise ValueError("checksum mismatch")
+        except Exception:  # a truncated, altered or foreign file: recompute rather than use or fail on it
+            log.warning("cache entry %s is corrupt; recomputing it", path)
             path.unlink(missing_ok=True)
             self.misses += 1
             return None
@@ -85,7 +101,9 @@ class TensorCache:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
             os.close(fd)
             try:
-                save_file(compact, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
+                stored = {k: str(v) for k, v in (meta or {}).items()}
+                stored[_CHECKSUM] = _checksum(compact)
+                save_file(compact, tmp, metadata=stored)
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):

@@ -53,12 +53,17 @@ def discover(root: Path, limit: int | None = None) -> tuple[list[ImageRecord], l
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
     used: set[str] = set()
-    files = sorted(
+    candidates = sorted(
         p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
-    for path in files:
+    for path in candidates:
         rel = path.relative_to(root).as_posix()
+        if path.is_symlink() and not path.exists():
+            skipped.append(Skipped(rel, "broken symbolic link"))
+            continue
+        if not path.is_file():
+            continue
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as exc:

@@ -26,8 +26,8 @@ from reportgen import __version__
 from reportgen.cache import TensorCache, cache_key
 from reportgen.config import RunConfig, close_matches
 from reportgen.drawing import draw_filters, draw_image, draw_kernels
-from reportgen.errors import ConfigError, ModelError, UsageError
-from reportgen.images import ImageRecord, Skipped, decode, discover, display_image
+from reportgen.errors import ConfigError, DataError, ModelError, UsageError
+from reportgen.images import IMAGE_EXTENSIONS, ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
 from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, write_card
 
@@ -406,6 +406,10 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
     model = model or prepare(cfg)
     output = cfg.run.output
     records, skipped = discover(cfg.data.path, cfg.data.limit)
+    if not records:
+        what = f"; {len(skipped)} could not be read" if skipped else ""
+        raise DataError(f"no image files found in {cfg.data.path}{what} "
+                        f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     staging = _prepare_output(output, force)
     stats = RunStats(images_total=len(records) + len(skipped))
     cache = TensorCache(cfg.run.cache_dir)
@@ -460,6 +464,9 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
                 bar.update(1)
         bar.close()
         images = [entries[i] for i in sorted(entries)]
+        if not images:
+            raise DataError(f"none of the {len(records)} image files in {cfg.data.path} could be decoded; "
+                            f"first: {skipped[0].rel}: {skipped[0].reason}")
         skipped.sort(key=lambda sk: sk.rel)
         stats.device = model.device_label()
         stats.forward_passes, stats.backward_passes = counters.forward_passes, counters.backward_passes
