@@ -9,6 +9,7 @@ directory. This is the only module that reads YAML.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,7 +212,7 @@ def _to_python(node: yaml.Node, dotted: str, lines: dict[str, int], duplicates: 
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, f"{dotted}[{i}]", lines, duplicates) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 class _Reader:
@@ -279,6 +280,9 @@ class _Reader:
             if isinstance(value, bool) and str in kinds:
                 hint = " (YAML reads yes/no/on/off/true/false as booleans: put the text in quotes)"
             self.problem(dotted, f"expected {expected}, got {_type_name(value)} {value!r}{hint}")
+            return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.problem(dotted, f"expected a finite number, got {value!r}")
             return default
         if choices is not None and value not in choices:
             self.problem(dotted, f"expected one of {', '.join(choices)}, got {value!r}" + _suggest(str(value), choices))
@@ -424,7 +428,13 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         raise ConfigError(f"{path}:1: the config is empty")
     lines: dict[str, int] = {}
     duplicates: list[tuple[str, int, int]] = []
-    data = _to_python(node, "", lines, duplicates)
+    try:
+        data = _to_python(node, "", lines, duplicates)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # e.g. an impossible date, a non-hashable key
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: YAML value error: {reason}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level, got {_type_name(data)}")
     r = _Reader(path, data, lines)

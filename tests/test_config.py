@@ -180,3 +180,8 @@ def test_input_level_methods_need_no_layers(tmp_path):
     text = GOOD.replace("  methods: [gradcam]\n  layers: [features.5]\n", "  methods: [saliency, gradcam]\n")
     path = _write(tmp_path, text)
     assert _problems(path) == [f"{path}:15: cams.layers: required for gradcam: name at least one layer"]
+
+
+def test_nan_and_infinity_are_refused(tmp_path):
+    path = _write(tmp_path, GOOD + "report:\n  alpha: .nan\n")
+    assert _problems(path) == [f"{path}:19: report.alpha: expected a finite number, got nan"]
