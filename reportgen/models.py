@@ -57,9 +57,6 @@ class LoadedModel:
     def digest(self) -> str:
         return self.card.digest
 
-    def identity(self) -> dict:
-        return self.card.identity()
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU. An explicit CUDA device that is missing is an error."""

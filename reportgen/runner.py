@@ -14,10 +14,12 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -196,18 +198,34 @@ class _Planner:
         return keys
 
 
+def _model_level(cache: TensorCache, model: ModelHandle, method: str, params: dict, layer: str,
+                 compute: Callable[[Any], tuple[dict, dict]]) -> tuple[dict, dict]:
+    """A result of the model alone (no image): from the cache, or ``compute(built model)`` and stored."""
+    key = cache_key({"model": model.card.identity(), "method": method, "params": params, "layer": layer})
+    hit = cache.get(key)
+    if hit is None:
+        hit = compute(model.loaded())
+        cache.put(key, *hit)
+    return hit
+
+
+def _compute_kernels(lm, *, layer: str, max_kernels: int) -> tuple[dict, dict]:
+    from reportgen.compute import kernel_entry  # torch: only when the cache misses
+
+    return kernel_entry(lm, layer, max_kernels)
+
+
+def _compute_filters(lm, *, layer: str, cfg: RunConfig) -> tuple[dict, dict]:
+    from reportgen.compute import filter_entry  # torch: only when the cache misses
+
+    return filter_entry(lm, layer, cfg)
+
+
 def _kernel_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, staging: Path) -> list[dict]:
     entries = []
     for layer in cfg.kernels.layers:
-        params = {"max_kernels": cfg.kernels.max_kernels}
-        key = cache_key({"model": model.card.identity(), "method": "kernels", "params": params, "layer": layer})
-        hit = cache.get(key)
-        if hit is None:
-            from reportgen.compute import kernel_entry
-
-            hit = kernel_entry(model.loaded(), layer, cfg.kernels.max_kernels)
-            cache.put(key, *hit)
-        arrays, meta = hit
+        from_model = partial(_compute_kernels, layer=layer, max_kernels=cfg.kernels.max_kernels)
+        arrays, meta = _model_level(cache, model, "kernels", {"max_kernels": cfg.kernels.max_kernels}, layer, from_model)
         shape = list(model.card.layers[layer].weight_shape or ())
         entries.append(draw_kernels(staging, layer, np.asarray(arrays["kernels"], dtype=np.float32),
                                     json.loads(meta["labels"]), meta["rgb"] == "True", int(meta["total"]), shape=shape))
@@ -220,14 +238,8 @@ def _filter_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, stag
               "parameterization": f.parameterization, "transforms": f.transforms, "seed": f.seed}
     entries = []
     for layer in f.layers:
-        key = cache_key({"model": model.card.identity(), "method": "activation_max", "params": params, "layer": layer})
-        hit = cache.get(key)
-        if hit is None:
-            from reportgen.compute import filter_entry
-
-            hit = filter_entry(model.loaded(), layer, cfg)
-            cache.put(key, *hit)
-        arrays, _ = hit
+        arrays, _ = _model_level(cache, model, "activation_max", params, layer,
+                                 partial(_compute_filters, layer=layer, cfg=cfg))
         how = ("Fourier-space image, decorrelated colour" if f.parameterization == "fourier" else "pixel-space image")
         caption = (f"channels {', '.join(str(c) for c in f.channels)}: {how}, "
                    f"{'jitter/scale/rotation, ' if f.transforms else ''}{f.steps} Adam steps, lr {f.lr}, seed {f.seed}")
