@@ -71,3 +71,28 @@ def write_config(tmp_path: Path, data_dir: Path, **overrides) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
+
+
+# Reference models for the comparisons with pytorch-grad-cam (seeded random weights).
+@pytest.fixture(scope="module")
+def resnet18():
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    """vgg11 with out-of-place ReLUs: pytorch-grad-cam keeps its caught activations by reference on the CPU, so
+    an in-place ReLU after the caught conv would turn them into the ReLU's output."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(weights=None).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    return model

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from reportgen.errors import MethodError
@@ -106,23 +105,6 @@ def test_output_contract():
 
 
 # ------------------------------------------------------------------ pytorch-grad-cam
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval()
-
-
-@pytest.fixture(scope="module")
-def vgg11():
-    """Out-of-place ReLUs: pytorch-grad-cam keeps CPU activations by reference, an in-place ReLU would alter them."""
-    torch.manual_seed(0)
-    model = torchvision.models.vgg11(weights=None).eval()
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return model
 
 
 def _ours(model: nn.Module, layer: str, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import reportgen.methods.perturbation as perturbation
@@ -87,27 +86,6 @@ def _assert_matches_peer(name, model, layer, x, *, min_corr=0.99):
         corr = _pearson(got[i], ref[i])
         assert corr >= min_corr, f"{name} {layer} image {i}: Pearson {corr:.5f}"
     return ours
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval()
-
-
-@pytest.fixture(scope="module")
-def vgg11():
-    """vgg11 with out-of-place ReLUs.
-
-    pytorch-grad-cam keeps its caught activations by reference on the CPU (``.cpu()`` of a CPU tensor is the
-    tensor itself), so an in-place ReLU after the caught conv would turn them into the ReLU's output.
-    """
-    torch.manual_seed(0)
-    model = torchvision.models.vgg11(weights=None).eval()
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return model
 
 
 # Each (image, channel) pair costs a full forward pass in pytorch-grad-cam: the reference runs are kept to two
