@@ -4,22 +4,24 @@ Prints one JSON object per measurement on stdout (progress goes to stderr). Ever
 measurements taken in this process, on the same batch (kernel-level ones) or the same image folder (end-to-end
 ones). Measurements, in run order (names for ``--only``):
 
-    forward_only, floor, ours_gradcam, ours_five_cams,      one model, one random batch, timed round-robin
-    pytorch_grad_cam, torchcam, captum                       (peers: Grad-CAM on the same batch and layer)
+    forward_only, floor, floor_cl,                           one model, one random batch, timed round-robin;
+    ours_gradcam, ours_five_cams,                            ``_cl``: a channels-last copy (ours always use it,
+    pytorch_grad_cam, torchcam, torchcam_cl, captum          as ``reportgen run`` does; peers as users call them)
     scorecam                                                 ours vs pytorch-grad-cam ScoreCAM, map correlation
     draw                                                     overlays/s: reportgen.figures vs one matplotlib figure each
     e2e, seed                                                ``reportgen run`` cold/warm/PDF vs the seed recipe
     memory, pdf                                              peak RSS at 100 and 1,000 images; a 100-image PDF
 
-Aliases: ``cams`` (the first seven), ``peers`` (the three peers), ``all``.
+Aliases: ``cams`` (the first nine), ``peers`` (the peers), ``all``.
 """
 
 __all__ = ["MEASUREMENTS", "ALIASES"]
 
-CAM_GROUP = ("forward_only", "floor", "ours_gradcam", "ours_five_cams", "pytorch_grad_cam", "torchcam", "captum")
+CAM_GROUP = ("forward_only", "floor", "floor_cl", "ours_gradcam", "ours_five_cams", "pytorch_grad_cam", "torchcam",
+             "torchcam_cl", "captum")
 MEASUREMENTS = (*CAM_GROUP, "scorecam", "draw", "e2e", "seed", "memory", "pdf")
 ALIASES = {
     "cams": CAM_GROUP,
-    "peers": ("pytorch_grad_cam", "torchcam", "captum"),
+    "peers": ("pytorch_grad_cam", "torchcam", "torchcam_cl", "captum"),
     "all": MEASUREMENTS,
 }

@@ -21,6 +21,7 @@ correlation of its Grad-CAM with ours on the same batch after the same post-proc
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,36 +42,50 @@ def sync_fn(device) -> Callable[[], None]:
     return lambda: None
 
 
-def setup_model(bench: Bench):
-    """The model and input batch every in-process measurement shares (built once)."""
-    if "model" in bench.shared:
-        return bench.shared["model"], bench.shared["x"]
+def setup_model(bench: Bench, *, channels_last: bool = False):
+    """The model and input batch every in-process measurement shares (built once), in either memory layout.
+
+    ``channels_last=True`` gives a copy of the same model and batch in NHWC order, the layout ``reportgen run``
+    uses by default (``run.channels_last``); the numbers are the same, the kernels oneDNN/cuDNN pick differ.
+    """
+    key = "cl" if channels_last else "plain"
+    if f"model_{key}" in bench.shared:
+        return bench.shared[f"model_{key}"], bench.shared[f"x_{key}"]
+    import copy
+
     import torch
     import torchvision
 
     s = bench.settings
     dev = torch.device(s.device)
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, s.model)(weights=None).eval().to(dev)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(s.batch, 3, s.size, s.size, generator=gen).to(dev)
-    bench.shared["model"], bench.shared["x"] = model, x
+    if channels_last:
+        model, x = setup_model(bench)
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, s.model)(weights=None).eval().to(dev)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(s.batch, 3, s.size, s.size, generator=gen).to(dev)
+    bench.shared[f"model_{key}"], bench.shared[f"x_{key}"] = model, x
     return model, x
 
 
-def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+def _steps(plain: tuple, cl: tuple, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    """The timed callables: ours on the channels-last copy (as ``reportgen run``), peers as users call them."""
     import torch
 
-    layer = model.get_submodule(LAYER)
-    params = list(model.parameters())
     steps: dict[str, Callable[[], Any]] = {}
     setup_errors: dict[str, str] = {}
 
     def forward_only():
+        model, x = cl
         with torch.no_grad():
             return model(x)
 
-    def floor():
+    def floor(model, x):
+        layer = model.get_submodule(LAYER)
+        params = list(model.parameters())
         caught = {}
 
         def hook(_m, _i, out):
@@ -96,6 +111,8 @@ def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], d
         from reportgen.hooks import borrowed, capture
         from reportgen.methods.cam import gradient_cams, resolve_targets
 
+        model, x = cl
+
         def step():
             with borrowed(model), capture(model, [LAYER], grad=True) as caught:
                 logits = model(x)
@@ -108,6 +125,9 @@ def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], d
     def pgc():
         from pytorch_grad_cam import GradCAM
 
+        model, x = plain
+        layer = model.get_submodule(LAYER)
+
         def step():
             with GradCAM(model=model, target_layers=[layer]) as cam:
                 out = cam(input_tensor=x, targets=None)
@@ -116,7 +136,7 @@ def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], d
 
         return step
 
-    def torchcam():
+    def torchcam(model, x):
         from torchcam.methods import GradCAM
 
         def step():
@@ -130,6 +150,8 @@ def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], d
     def captum():
         from captum.attr import LayerAttribution, LayerGradCam
 
+        model, x = plain
+        layer = model.get_submodule(LAYER)
         lgc = LayerGradCam(model, layer)
 
         def step():
@@ -144,11 +166,13 @@ def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], d
 
     makers: dict[str, Callable[[], Callable[[], Any]]] = {
         "forward_only": lambda: forward_only,
-        "floor": lambda: floor,
+        "floor": lambda: partial(floor, *plain),
+        "floor_cl": lambda: partial(floor, *cl),
         "ours_gradcam": lambda: ours(["gradcam"]),
         "ours_five_cams": lambda: ours(FIVE),
         "pytorch_grad_cam": pgc,
-        "torchcam": torchcam,
+        "torchcam": lambda: torchcam(*plain),
+        "torchcam_cl": lambda: torchcam(*cl),
         "captum": captum,
     }
     for name in wanted:
@@ -162,11 +186,13 @@ def _steps(model, x, wanted: list[str]) -> tuple[dict[str, Callable[[], Any]], d
 TIMED = {
     "forward_only": "torch.no_grad forward",
     "floor": "forward (params frozen, layer4 output made a leaf by a hook) + autograd.grad(score_sum, activation)",
+    "floor_cl": "as floor, on the channels-last copy of the model and batch",
     "ours_gradcam": "borrowed+capture(grad) forward, resolve_targets, gradient_cams([gradcam]), maps to host (7x7)",
     "ours_five_cams": "as ours_gradcam with all 5 gradient CAMs from the same pass, maps to host (layer res.)",
     "pytorch_grad_cam": "GradCAM(model,[layer4]) call: forward, full backward (weight grads), min-max + cv2 resize "
                         "to input, numpy",
     "torchcam": "torchcam GradCAM: forward, extractor(argmax, scores) -> normalized maps at layer resolution",
+    "torchcam_cl": "as torchcam, given the channels-last copy of the model and batch (what the layout alone gives a peer)",
     "captum": "no-grad forward for targets + LayerGradCam.attribute + LayerAttribution.interpolate to input (nearest)",
 }
 
@@ -178,7 +204,7 @@ def _agreement(name: str, peer_out: Any, ours_maps: np.ndarray) -> float | None:
 
         h, w = peer_out.shape[-2:]
         return pearson(scale_cam_image(np.maximum(ours_maps, 0), (w, h)), peer_out)
-    if name == "torchcam":
+    if name in ("torchcam", "torchcam_cl"):
         return pearson(np.maximum(ours_maps, 0), peer_out.numpy())
     if name == "captum":
         attr = peer_out[0][:, 0].numpy()  # (N, h, w) before interpolation; captum does not apply ReLU by default
@@ -190,12 +216,13 @@ def run_cams(bench: Bench, wanted: list[str]) -> None:
     """Time the wanted steps round-robin and emit one line each (in the order of ``wanted``)."""
     s = bench.settings
     try:
-        model, x = setup_model(bench)
+        plain, cl = setup_model(bench), setup_model(bench, channels_last=True)
     except Exception as exc:
         for name in wanted:
             bench.emit(name, error=f"model setup failed: {type(exc).__name__}: {exc}")
         return
-    steps, setup_errors = _steps(model, x, wanted)
+    x = plain[1]
+    steps, setup_errors = _steps(plain, cl, wanted)
     log(f"cams: {', '.join(steps)} on {s.model} batch {s.batch} ({s.reps} rounds after {s.warmup} warm-up)")
     timings, failed, last = interleaved(steps, reps=s.reps, warmup=s.warmup, sync=sync_fn(x.device))
     ours_maps = None
@@ -216,10 +243,12 @@ def run_cams(bench: Bench, wanted: list[str]) -> None:
                                   "layer": LAYER, "input": [s.size, s.size], "reps": t["reps"], "spread": t["spread"],
                                   "images_per_s_best": s.batch / t["min_s"]}
         ratios: dict[str, float | None] = {}
-        floor_ips = s.batch / timings["floor"]["seconds"] if "floor" in timings else None
+        # the floor is the faster layout's: the best the hardware does for this forward + backward
+        floors = [s.batch / timings[f]["seconds"] for f in ("floor", "floor_cl") if f in timings]
+        floor_ips = max(floors) if floors else None
         if name.startswith("ours_") and floor_ips:
             ratios["vs_floor"] = ratio(ips, floor_ips)  # images/s ratio: 1.0 = as fast as the floor
-        if name in ("pytorch_grad_cam", "torchcam", "captum"):
+        if name in ("pytorch_grad_cam", "torchcam", "torchcam_cl", "captum"):
             if "ours_gradcam" in timings:
                 ratios["ours_gradcam_vs_this"] = ratio(s.batch / timings["ours_gradcam"]["seconds"], ips)
             if "ours_five_cams" in timings:
@@ -231,7 +260,7 @@ def run_cams(bench: Bench, wanted: list[str]) -> None:
                     fields["pearson_vs_ours"] = _agreement(name, last[name], ours_maps)
                 except Exception as exc:
                     fields["pearson_vs_ours_error"] = f"{type(exc).__name__}: {exc}"
-        if name == "floor" and "forward_only" in timings:
+        if name in ("floor", "floor_cl") and "forward_only" in timings:
             ratios["vs_forward_only"] = ratio(ips, s.batch / timings["forward_only"]["seconds"])
         if ratios:
             fields["ratios"] = ratios

@@ -84,8 +84,16 @@ def _get(bench: Bench, what: str, *path: str) -> Any:
     return value
 
 
+def _ips_ratio(bench: Bench, a: str, b: str) -> float | None:
+    x, y = _get(bench, a, "images_per_s"), _get(bench, b, "images_per_s")
+    return x / y if x and y else None
+
+
 def _best(bench: Bench, a: str, b: str) -> float | None:
-    x, y = _get(bench, a, "images_per_s_best"), _get(bench, b, "images_per_s_best")
+    """a/b from each step's fastest round; ``floor`` is the faster of the two layouts' floors."""
+    x = _get(bench, a, "images_per_s_best")
+    floors = [v for v in (_get(bench, f, "images_per_s_best") for f in ("floor", "floor_cl")) if v]
+    y = max(floors, default=None) if b == "floor" else _get(bench, b, "images_per_s_best")
     return x / y if x and y else None
 
 
@@ -99,6 +107,8 @@ def summary(bench: Bench, elapsed: float) -> dict[str, Any]:
         "ours_gradcam_vs_torchcam": g("torchcam", "ratios", "ours_gradcam_vs_this"),
         "ours_gradcam_vs_pytorch_grad_cam": g("pytorch_grad_cam", "ratios", "ours_gradcam_vs_this"),
         "ours_gradcam_vs_captum": g("captum", "ratios", "ours_gradcam_vs_this"),
+        "ours_gradcam_vs_torchcam_channels_last": g("torchcam_cl", "ratios", "ours_gradcam_vs_this"),
+        "floor_channels_last_vs_contiguous": _ips_ratio(bench, "floor_cl", "floor"),
         "ours_five_cams_vs_pytorch_grad_cam": g("pytorch_grad_cam", "ratios", "ours_five_cams_vs_this"),
         "gradcam_pearson_vs": {"pytorch_grad_cam": g("pytorch_grad_cam", "pearson_vs_ours"),
                                "torchcam": g("torchcam", "pearson_vs_ours"), "captum": g("captum", "pearson_vs_ours")},
@@ -110,7 +120,9 @@ def summary(bench: Bench, elapsed: float) -> dict[str, Any]:
             "ours_gradcam_vs_captum": _best(bench, "ours_gradcam", "captum"),
         },
         "scorecam_ours_vs_peer": g("scorecam", "ratios", "ours_vs_peer"),
+        "scorecam_ours_vs_peer_channels_last": g("scorecam", "ratios", "ours_vs_peer_channels_last"),
         "scorecam_pearson_vs_peer": g("scorecam", "pearson_vs_peer"),
+        "scorecam_bf16_vs_peer": g("scorecam", "bf16", "bf16_vs_peer"),
         "scorecam_bf16_vs_fp32": g("scorecam", "bf16", "bf16_vs_fp32"),
         "scorecam_bf16_pearson_vs_fp32": g("scorecam", "bf16", "pearson_vs_ours_fp32"),
         "overlays_per_s": g("draw", "images_per_s"),
@@ -179,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.draw import run_draw
 
             _guard(bench, "draw", lambda: run_draw(bench))
-        if device.startswith("cuda") and "model" in bench.shared:
-            del bench.shared["model"], bench.shared["x"]
+        if device.startswith("cuda") and bench.shared:
+            bench.shared.clear()
             torch.cuda.empty_cache()  # the report runs below are child processes on the same GPU
         from bench import e2e
 

