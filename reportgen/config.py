@@ -56,12 +56,19 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Which model to build and how to fill it.
+
+    ``allow_pickle`` lets a ``.pt`` weights file that ``torch.load(weights_only=True)`` refuses be unpickled in
+    full, which can run code in the file; it changes what loads, never the results, so it is in no cache key.
+    """
+
     source: str
     name: str
     weights: Path | None = None
     num_classes: int | None = None
     labels: str | Path = "imagenet"
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    allow_pickle: bool = False
 
 
 @dataclass(frozen=True)
@@ -354,7 +361,8 @@ def _size(value: Any) -> str | None:
 
 
 def _read_model(r: _Reader) -> ModelConfig | None:
-    r.section("model", ("source", "name", "weights", "num_classes", "labels", "preprocess"), required=True)
+    r.section("model", ("source", "name", "weights", "allow_pickle", "num_classes", "labels", "preprocess"),
+              required=True)
     r.section("model.preprocess", ("size", "resize", "crop_pct", "interpolation", "mean", "std"))
     source = r.get("model.source", str, required=True, choices=MODEL_SOURCES)
     name = r.get("model.name", str, required=True)
@@ -363,6 +371,7 @@ def _read_model(r: _Reader) -> ModelConfig | None:
     elif source == "factory" and name is not None and ":" not in name:
         r.problem("model.name", f"expected 'package.module:function' for a factory, got {name!r}")
     weights = r.path("model.weights", must="file")
+    allow_pickle = r.get("model.allow_pickle", bool, False)
     num_classes = r.get("model.num_classes", int, minimum=1)
     labels: str | Path = r.get("model.labels", str, "imagenet")
     if labels not in ("imagenet", "none"):
@@ -384,7 +393,8 @@ def _read_model(r: _Reader) -> ModelConfig | None:
     )
     if source is None or name is None:
         return None
-    return ModelConfig(source=source, name=name, weights=weights, num_classes=num_classes, labels=labels, preprocess=pre)
+    return ModelConfig(source=source, name=name, weights=weights, num_classes=num_classes, labels=labels,
+                       preprocess=pre, allow_pickle=allow_pickle)
 
 
 def _read_targets(r: _Reader) -> tuple[str, int | None]:

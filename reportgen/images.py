@@ -2,12 +2,15 @@
 
 A folder is walked recursively in sorted order. A file inside a subfolder takes the subfolder's name as its
 label (torchvision's ImageFolder convention, first level under the root); files at the root are unlabelled.
-A file that cannot be read or decoded is skipped with its reason and the run goes on.
+A file that cannot be read or decoded, a folder that cannot be listed, and a symbolic link that leads to no file
+(missing target, loop) are skipped with their reason and the run goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,22 +48,53 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "image"
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why ``path``, a symbolic link, leads to no file (missing target, or links that point at each other), else
+    None. Reading a link loop would fail with ELOOP rather than hang, but the reason should say what it is."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken symbolic link"
+        return f"cannot follow symbolic link: {exc.strerror or exc}"
+    return None
+
+
+def _candidates(root: Path) -> tuple[list[Path], list[Skipped]]:
+    """Image-named files under ``root`` (sorted; hidden files and folders left out), and each folder that could not
+    be listed, as skipped with its reason: ``Path.rglob`` would leave such a folder out silently, and every image
+    in it. Symbolic links to folders are not followed, so a link loop cannot make the walk endless."""
+    unreadable: list[Skipped] = []
+
+    def note(exc: OSError) -> None:
+        rel = Path(exc.filename).relative_to(root).as_posix() if exc.filename else "."
+        unreadable.append(Skipped(rel, f"cannot read folder: {exc.strerror or exc}"))
+
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root, onerror=note):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder, f) for f in files
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found), unreadable
+
+
 def discover(root: Path, limit: int | None = None) -> tuple[list[ImageRecord], list[Skipped]]:
     """Every image file under ``root`` (sorted), with its label and the SHA-256 of its bytes."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     records: list[ImageRecord] = []
-    skipped: list[Skipped] = []
     used: set[str] = set()
-    candidates = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    candidates, skipped = _candidates(root)
     for path in candidates:
         rel = path.relative_to(root).as_posix()
-        if path.is_symlink() and not path.exists():
-            skipped.append(Skipped(rel, "broken symbolic link"))
+        problem = _link_problem(path)
+        if problem:
+            skipped.append(Skipped(rel, problem))
             continue
         if not path.is_file():
             continue

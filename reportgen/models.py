@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
+import pickle
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ __all__ = [
     "layer_table",
     "parse_model_spec",
 ]
+
+log = logging.getLogger(__name__)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,21 +129,69 @@ def _build(source: str, name: str, num_classes: int | None, device: torch.device
     raise ModelError(f"unknown model source {source!r}")
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
+def _needs_full_pickle(exc: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused the file for holding more than tensors and containers.
+
+    torch raises ``pickle.UnpicklingError`` (older versions: ``RuntimeError``) with a message about
+    ``weights_only``; a file that is simply not a checkpoint fails with other errors and messages.
+    """
+    text = str(exc).lower()
+    refused = "weights only" in text or "weights_only" in text
+    return isinstance(exc, (pickle.UnpicklingError, RuntimeError)) and refused
+
+
+def _pickle_refusal(path: Path, exc: Exception) -> ModelError:
+    """The error for a checkpoint that needs full pickle while ``model.allow_pickle`` is off: what, why, how."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    detail = f" (it holds the Python object {found.group(1)}, not only tensors)" if found else ""
+    return ModelError(
+        f"{path}: cannot load the weights with weights_only=True{detail}: the file needs full pickle, which can "
+        "run arbitrary code; if you trust the file, set `model.allow_pickle: true`"
+    )
+
+
+def _read_checkpoint(path: Path, allow_pickle: bool) -> object:
+    """The object stored in a weights file: safetensors, else ``torch.load`` with ``weights_only=True``.
+
+    Only when that is refused for needing full pickle and ``allow_pickle`` is set is the file unpickled in
+    full (which can run code in it), with a logged warning naming the file. A checkpoint of plain tensors
+    never goes through full pickle, flag or not.
+    """
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+        if not _needs_full_pickle(exc):
+            raise ModelError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+        if not allow_pickle:
+            raise _pickle_refusal(path, exc) from exc
+    log.warning("loading %s with full pickle: this can run code in the file (model.allow_pickle is true)", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # unpickling can fail in any way, e.g. a class that no longer exists
+        raise ModelError(f"{path}: cannot read weights with full pickle: {type(exc).__name__}: {exc}") from exc
+
+
+def _state_dict_of(checkpoint: object, path: Path) -> dict:
+    """The tensors of a checkpoint: a state dict, one wrapped under ``state_dict``/``model``/``model_state_dict``,
+    or a whole pickled ``nn.Module`` (bare or wrapped, as full-pickle checkpoints often are)."""
+    state = checkpoint
     for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), (dict, nn.Module)):
             state = state[wrapper]
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
     if not isinstance(state, dict):
         raise ModelError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def _load_weights(model: nn.Module, path: Path, *, allow_pickle: bool = False) -> None:
+    """Fill ``model`` from a local weights file; every mismatch of names or shapes is an error naming the file."""
+    state = _state_dict_of(_read_checkpoint(path, allow_pickle), path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
@@ -234,7 +287,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", *, channels
         torch.manual_seed(MODEL_SEED)
         module = _build(cfg.source, cfg.name, cfg.num_classes, dev)
     if cfg.weights is not None:
-        _load_weights(module, cfg.weights)
+        _load_weights(module, cfg.weights, allow_pickle=cfg.allow_pickle)
     digest = weights_digest(module)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     module = module.to(dev).eval()

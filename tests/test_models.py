@@ -92,3 +92,81 @@ def test_imagenet_labels_are_real_names():
 
     lm = load_model(_cfg("factory", "tinynets:tiny_cnn", labels="imagenet", num_classes=1000))
     assert lm.labels[285] == "Egyptian cat" and lm.labels[967] == "espresso"
+
+
+def _whole_module_checkpoint(tmp_path):
+    """A tiny CNN with changed weights, saved twice: as a whole pickled module and as a plain state dict."""
+    from tinynets import tiny_cnn
+
+    model = tiny_cnn()
+    with torch.no_grad():
+        model.fc.weight.mul_(3)
+    torch.save(model, tmp_path / "whole.pt")  # pickles the tinynets.TinyCNN object itself
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    return model
+
+
+def test_a_pickled_module_is_refused_without_allow_pickle(tmp_path):
+    _whole_module_checkpoint(tmp_path)
+    with pytest.raises(ModelError) as info:
+        load_model(_cfg("factory", "tinynets:tiny_cnn", weights=tmp_path / "whole.pt"))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'whole.pt'}: ")
+    assert "tinynets.TinyCNN" in message and "needs full pickle, which can run arbitrary code" in message
+    assert message.endswith("if you trust the file, set `model.allow_pickle: true`")
+
+
+def test_allow_pickle_loads_a_pickled_module_with_a_warning_and_the_same_digest(tmp_path, caplog):
+    model = _whole_module_checkpoint(tmp_path)
+    with caplog.at_level("WARNING", logger="reportgen.models"):
+        plain = load_model(_cfg("factory", "tinynets:tiny_cnn", weights=tmp_path / "plain.pt", allow_pickle=True))
+        assert not caplog.records  # a file of plain tensors never goes through full pickle, flag or not
+        whole = load_model(_cfg("factory", "tinynets:tiny_cnn", weights=tmp_path / "whole.pt", allow_pickle=True))
+    strict = load_model(_cfg("factory", "tinynets:tiny_cnn", weights=tmp_path / "plain.pt"))
+    assert whole.digest == plain.digest == strict.digest == weights_digest(model)
+    assert whole.digest != load_model(_cfg("factory", "tinynets:tiny_cnn")).digest
+    assert [r.getMessage() for r in caplog.records] == [
+        f"loading {tmp_path / 'whole.pt'} with full pickle: this can run code in the file (model.allow_pickle is true)"
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls ``os.mkdir(marker)``: the kind of side effect weights_only loading must prevent."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_code_in_a_checkpoint_runs_only_with_allow_pickle(tmp_path):
+    from tinynets import tiny_cnn
+
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": tiny_cnn().state_dict(), "extra": _RunsCodeWhenUnpickled(marker)}, tmp_path / "w.pt")
+    with pytest.raises(ModelError, match=r"w\.pt: .*needs full pickle"):
+        load_model(_cfg("factory", "tinynets:tiny_cnn", weights=tmp_path / "w.pt"))
+    assert not marker.exists()
+    lm = load_model(_cfg("factory", "tinynets:tiny_cnn", weights=tmp_path / "w.pt", allow_pickle=True))
+    assert marker.is_dir() and lm.digest == weights_digest(tiny_cnn())
+
+
+def test_allow_pickle_must_be_a_boolean(tmp_path):
+    from reportgen.config import load_config
+    from reportgen.errors import ConfigError
+
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "c.yaml"
+    text = "model:\n  source: factory\n  name: tinynets:tiny_cnn\n  allow_pickle: {}\ndata:\n  path: images\n"
+    path.write_text(text.format('"yes"'), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}:4: model.allow_pickle: expected true or false, got string 'yes'"]
+    path.write_text(text.format("true"), encoding="utf-8")
+    assert load_config(path).model.allow_pickle is True
+    path.write_text(text.replace("  allow_pickle: {}\n", ""), encoding="utf-8")
+    assert load_config(path).model.allow_pickle is False
