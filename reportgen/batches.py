@@ -84,15 +84,20 @@ def _collate(items: list[dict]) -> Batch:
 
 
 def iter_batches(
-    records: Sequence[ImageRecord], pre: Preprocess, *, batch_size: int, workers: int = 0, display_size: int = 384
+    records: Sequence[ImageRecord], pre: Preprocess, *, batch_size: int, workers: int = 0, display_size: int = 384,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[Batch]:
-    """Decoded batches in record order; ``workers`` > 0 decodes in that many processes."""
-    loader = DataLoader(
-        _ImageDataset(records, pre, display_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-    )
+    """Decoded batches in record order; ``workers`` > 0 decodes in that many processes.
+
+    ``groups`` (positions in ``records``) fixes which records form each batch instead of consecutive runs of
+    ``batch_size``: the runner keeps an image with the same batch-mates whatever else is cached, because the
+    batch size changes the float rounding of the convolutions (by a few parts in a million).
+    """
+    dataset = _ImageDataset(records, pre, display_size)
+    if groups is not None:
+        loader = DataLoader(dataset, batch_sampler=[list(g) for g in groups], num_workers=workers,
+                            collate_fn=_collate, persistent_workers=False)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_collate, persistent_workers=False)
     yield from loader

@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from reportgen import failpoints
+from reportgen.atomic import describe_write_error, sweep, temp_file
 from reportgen.errors import CacheError
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "TensorCache", "CacheInfo"]
@@ -96,27 +97,33 @@ class TensorCache:
 
         path = self._path(key)
         compact = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-            os.close(fd)
-            try:
-                stored = {k: str(v) for k, v in (meta or {}).items()}
-                stored[_CHECKSUM] = _checksum(compact)
-                save_file(compact, tmp, metadata=stored)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError as exc:
-            raise CacheError(f"cannot write cache entry in {self.root}: {exc}") from exc
+            tmp = temp_file(path.parent, ".safetensors")
+            stored = {k: str(v) for k, v in (meta or {}).items()}
+            stored[_CHECKSUM] = _checksum(compact)
+            save_file(compact, str(tmp), metadata=stored)
+            os.replace(tmp, path)
+        except Exception as exc:  # OSError, or safetensors' own error type for a failed write (disk full)
+            raise CacheError(f"cannot write cache entry in {self.root}: {describe_write_error(exc)}") from exc
+        finally:
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
         self.writes += 1
+        failpoints.reached("cache-put")
+
+    def sweep(self) -> int:
+        """Remove the temporaries of writers killed mid-write (a live concurrent run's are kept); how many."""
+        if not self.root.is_dir():
+            return 0
+        return sum(sweep(sub) for sub in self.root.iterdir() if sub.is_dir())
 
     def info(self) -> CacheInfo:
         entries = 0
         size = 0
         if self.root.is_dir():
-            for path in self.root.glob("??/*.safetensors"):
+            for path in self.root.glob("??/[!.]*.safetensors"):
                 entries += 1
                 size += path.stat().st_size
         return CacheInfo(self.root, entries, size)

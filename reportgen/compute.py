@@ -137,11 +137,17 @@ def _augment_smooth(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tens
 
 def fill_batch(cfg: RunConfig, lm: LoadedModel, cache: TensorCache, keys: list[dict[tuple, str]],
                found: list[dict[tuple, Entry]], x: torch.Tensor, labels: list[int | None], counters: Counters) -> None:
-    """Compute what ``found`` lacks for the images of ``x``, store it in the cache and in ``found``."""
-    rows = [r for r, image_keys in enumerate(keys) if len(found[r]) < len(image_keys)]
-    if not rows:
+    """Compute what ``found`` lacks for the images of ``x``, store it in the cache and in ``found``.
+
+    When any image lacks something, every image of ``x`` goes through the model (results already found are
+    kept as they are): the batch's composition, and so the rounding of every result, does not depend on what
+    happened to be cached.
+    """
+    missing = [r for r, image_keys in enumerate(keys) if len(found[r]) < len(image_keys)]
+    if not missing:
         return
-    wanted = {name for r in rows for name in keys[r] if name not in found[r]} | {("pred",)}
+    rows = list(range(len(keys)))
+    wanted = {name for r in missing for name in keys[r] if name not in found[r]} | {("pred",)}
     for part in _split_on_oom(cfg, lm, x, rows, wanted, labels, counters):
         part_rows, computed = part
         for j, row in enumerate(part_rows):

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reportgen.atomic import describe_write_error
 from reportgen.config import ReportOptions
+from reportgen.errors import RenderError
 from reportgen.figures import (
     feature_panel,
     image_grid,
@@ -46,7 +48,10 @@ def _save_maps(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str])
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+    except Exception as exc:  # safetensors reports a failed write (disk full) as its own error type
+        raise RenderError(f"cannot write the report's {path.parent.name}/{path.name}: {describe_write_error(exc)}") from exc
     tmp.replace(path)
 
 

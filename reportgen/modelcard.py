@@ -22,11 +22,11 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from reportgen.atomic import describe_os_error, temp_file
 from reportgen.config import ModelConfig
 from reportgen.errors import CacheError
 
@@ -176,14 +176,17 @@ def write_card(cache_dir: Path, key: str | None, card: ModelCard) -> None:
     if key is None:
         return
     path = _card_path(cache_dir, key)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(card.to_json())
+        tmp = temp_file(path.parent, ".json")
+        tmp.write_text(card.to_json(), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        raise CacheError(f"cannot write model card in {path.parent}: {exc}") from exc
+        raise CacheError(f"cannot write model card in {path.parent}: {describe_os_error(exc)}") from exc
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
 
 
 def label_names(spec: str | Path, num_classes: int) -> list[str]:

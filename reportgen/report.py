@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 import jinja2
 from markupsafe import Markup
 
+from reportgen import failpoints
 from reportgen.errors import RenderError
 
 __all__ = ["render_html", "render_pdf", "PdfJob"]
@@ -265,7 +266,13 @@ class PdfJob:
         tmp = Path(tmp_name)
         try:
             try:
-                _, stderr = proc.communicate(f"go\t{html_path}\t{tmp}\n", timeout=timeout)
+                try:
+                    proc.stdin.write(f"go\t{html_path}\t{tmp}\n")
+                    proc.stdin.flush()
+                except OSError:  # the child is gone already: its exit status and stderr say why, below
+                    pass
+                failpoints.reached("pdf")
+                _, stderr = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired as exc:
                 proc.kill()
                 _, stderr = proc.communicate()

@@ -11,6 +11,7 @@ the small plain-data entry the report needs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,14 +25,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from reportgen import __version__
+from reportgen import __version__, failpoints
+from reportgen.atomic import describe_os_error, restore_old, swap_into_place, sweep
 from reportgen.cache import TensorCache, cache_key
 from reportgen.config import RunConfig, close_matches
 from reportgen.drawing import draw_filters, draw_image, draw_kernels
-from reportgen.errors import ConfigError, DataError, ModelError, UsageError
+from reportgen.errors import ConfigError, DataError, ModelError, RenderError, UsageError
 from reportgen.images import IMAGE_EXTENSIONS, ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
 from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, write_card
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunStats", "RunResult", "ModelHandle", "prepare", "check_layers", "run", "label_index"]
 
@@ -254,26 +258,26 @@ def _filter_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, stag
 
 
 def _prepare_output(output: Path, force: bool) -> Path:
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"output path {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        what = "holds a finished run" if (output / "manifest.json").exists() else "is not empty"
-        raise UsageError(f"output folder {output} {what}; pass --force to replace it")
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    """Check the output folder may be written; tidy what killed runs left beside it; make the staging folder."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if restore_old(output):  # a run killed while publishing had moved the previous report aside
+            log.warning("put back the previous report in %s, left aside by a run that was killed", output)
+        swept = sweep(output.parent, endswith=f"-{output.name}")
+        if swept:
+            log.info("removed %d half-built report folder(s) of killed runs beside %s", swept, output)
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"output path {output} exists and is not a folder")
+        if output.is_dir() and any(output.iterdir()) and not force:
+            what = "holds a finished run" if (output / "manifest.json").exists() else "is not empty"
+            raise UsageError(f"output folder {output} {what}; pass --force to replace it")
+        staging = output.parent / f".partial-{os.getpid()}-{output.name}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {output}: {describe_os_error(exc)}") from exc
     return staging
-
-
-def _publish(staging: Path, output: Path) -> None:
-    """Move the finished staging folder into place; the previous run is removed only after that succeeded."""
-    old = output.parent / f".{output.name}.old-{os.getpid()}"
-    if output.exists():
-        os.replace(output, old)
-    os.replace(staging, output)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 Found = dict[tuple, tuple[dict[str, np.ndarray], dict[str, str]]]
@@ -301,16 +305,16 @@ def _lookup(cache: TensorCache, keys: dict[tuple, str]) -> Found:
 
 
 def _computed_images(cfg: RunConfig, model: ModelHandle, records: list[ImageRecord], keys: list[dict[tuple, str]],
-                     cache: TensorCache, counters, skipped: list[Skipped], stats: RunStats,
+                     groups: list[list[int]], cache: TensorCache, counters, skipped: list[Skipped], stats: RunStats,
                      bar: tqdm) -> Iterator[tuple[ImageRecord, Found, np.ndarray, tuple]]:
-    """Images with something missing from the cache, in batches through the DataLoader and the model."""
+    """Images of the groups with something missing from the cache, batch by batch through the model."""
     from reportgen.batches import iter_batches
     from reportgen.compute import fill_batch
 
     lm = model.loaded()
     by_index = {rec.index: (rec, k) for rec, k in zip(records, keys, strict=True)}  # batches name records by index
     for batch in iter_batches(records, lm.preprocess, batch_size=cfg.run.batch_size, workers=cfg.run.workers,
-                              display_size=cfg.report.image_size):
+                              display_size=cfg.report.image_size, groups=groups):
         stats.batches += 1
         for index, reason in batch.failures:
             _skip(cache, skipped, by_index[index][0], reason)
@@ -431,18 +435,28 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
     staging = _prepare_output(output, force)
     stats = RunStats(images_total=len(records) + len(skipped))
     cache = TensorCache(cfg.run.cache_dir)
+    if cache.sweep():
+        log.info("removed temporary files of killed runs from the cache %s", cfg.run.cache_dir)
     planner = _Planner(cfg, model.card, model.labels)
     keys = [planner.keys(rec) for rec in records]
-    cold: list[int] = []
+    # Images are batched in fixed groups of batch_size (in folder order): an image is always computed with the
+    # same batch-mates, so a rerun after a crash or a change gives bit-identical results. A group with anything
+    # missing is computed whole (the cached results of its other images are kept, not rewritten).
+    cold_groups: list[list[int]] = []
     warm: list[int] = []
-    for i, rec in enumerate(records):
-        known_bad = cache.get(_undecodable_key(rec)) if cache.has(_undecodable_key(rec)) else None
-        if known_bad is not None:
-            skipped.append(Skipped(rec.rel, known_bad[1].get("reason", "cannot decode image")))
-        elif all(cache.has(key) for key in keys[i].values()):
-            warm.append(i)
+    for start in range(0, len(records), cfg.run.batch_size):
+        group = []
+        for i in range(start, min(start + cfg.run.batch_size, len(records))):
+            known_bad = cache.get(_undecodable_key(records[i])) if cache.has(_undecodable_key(records[i])) else None
+            if known_bad is not None:  # its decoder failure was remembered: it took no place in the batch then either
+                skipped.append(Skipped(records[i].rel, known_bad[1].get("reason", "cannot decode image")))
+            else:
+                group.append(i)
+        if any(not all(cache.has(key) for key in keys[i].values()) for i in group):
+            cold_groups.append(group)
         else:
-            cold.append(i)
+            warm.extend(group)
+    cold = [i for g in cold_groups for i in g]
 
     class _NoWork:
         forward_passes = backward_passes = map_passes = oom_splits = 0
@@ -467,8 +481,10 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
         cam_plan = [(m, get_method(m).title, get_method(m).needs_layer) for m in cfg.cams.methods]
         streams = []
         if cold:
-            streams.append(_computed_images(cfg, model, [records[i] for i in cold], [keys[i] for i in cold], cache,
-                                            counters, skipped, stats, bar))
+            positions = {i: p for p, i in enumerate(cold)}
+            groups = [[positions[i] for i in g] for g in cold_groups]
+            streams.append(_computed_images(cfg, model, [records[i] for i in cold], [keys[i] for i in cold], groups,
+                                            cache, counters, skipped, stats, bar))
         if warm:
             streams.append(_cached_images(cfg, model, [records[i] for i in warm], [keys[i] for i in warm], cache,
                                           counters, skipped, stats, bar))
@@ -479,6 +495,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
                     staging, rec, found, display, box, model.labels, cfg.report, label_index(rec.label, model.labels),
                     cam_plan, cfg.cams.layers, cfg.feature_maps.layers)
                 stats.seconds["draw"] += time.perf_counter() - t0
+                failpoints.reached("draw")
                 bar.update(1)
         bar.close()
         images = [entries[i] for i in sorted(entries)]
@@ -511,11 +528,14 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
         tmp = staging / ".manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         os.replace(tmp, staging / "manifest.json")
-        _publish(staging, output)
-    except BaseException:
+        swap_into_place(staging, output)
+    except BaseException as exc:
         bar.close()
         if pdf_job is not None:
             pdf_job.cancel()
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # writing a figure, the HTML or the manifest failed (e.g. the disk is full)
+            raise RenderError(f"cannot write the report for {output}: {describe_os_error(exc)}; "
+                              f"the previous report and every finished cache entry are kept") from exc
         raise
     return RunResult(output, output / "report.html", output / "report.pdf" if pdf else None, output / "manifest.json", stats)

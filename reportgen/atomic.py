@@ -1,0 +1,157 @@
+"""Atomic file-system steps, and the leftovers of processes that were killed half-way.
+
+Every file reportgen writes for keeps (cache entries, model cards, reports) is first written under a temporary
+name that carries the writer's process id, then renamed into place. A process killed with SIGKILL can leave
+such temporaries behind; ``is_stale`` tells them apart from those of a run still going (the same cache may be
+shared by concurrent runs), so only a dead writer's leftovers are removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from reportgen import failpoints
+
+__all__ = ["temp_file", "is_stale", "sweep", "swap_into_place", "restore_old", "describe_os_error",
+           "describe_write_error"]
+
+_PID = re.compile(r"^\.(?:tmp|partial|old)-(\d+)-")
+
+
+def temp_file(folder: Path, suffix: str) -> Path:
+    """A new empty file in ``folder`` named ``.tmp-<pid>-<random><suffix>``."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def is_stale(name: str) -> bool:
+    """Whether ``name`` is a temporary (``.tmp-``/``.partial-``/``.old-<pid>-...``) whose writer is gone."""
+    m = _PID.match(name)
+    return bool(m) and not _alive(int(m.group(1)))
+
+
+def sweep(folder: Path, endswith: str = "") -> int:
+    """Remove the stale temporaries directly inside ``folder`` whose name ends with ``endswith``; return how many.
+
+    Only names of the form ``.tmp-<pid>-...``, ``.partial-<pid>-...`` and ``.old-<pid>-...`` whose process is
+    gone are touched. (Process ids are this machine's: a cache shared over a network file system with a
+    writer elsewhere could lose that writer's temporary, whose entry is then simply written again later.)
+    """
+    removed = 0
+    try:
+        names = [e for e in os.scandir(folder)
+                 if e.name.startswith(".") and e.name.endswith(endswith) and is_stale(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in names:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:  # another run swept it first, or it is not ours to remove: leave it
+            continue
+        removed += not os.path.lexists(entry.path)
+    return removed
+
+
+def _renameat2():
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    try:
+        fn = ctypes.CDLL(libc_name, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel or a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def swap_into_place(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``; a previous ``target`` is removed only once ``new`` is in place.
+
+    On Linux the two folders are exchanged in one atomic step, so a reader (or a crash) sees either the whole
+    old report or the whole new one, never neither. Elsewhere the old folder is first renamed aside
+    (``.old-<pid>-...``); a crash between the two renames leaves it there, and ``restore_old`` puts it back.
+    """
+    if target.exists() and _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the previous report
+        return
+    old = target.parent / f".old-{os.getpid()}-{target.name}"
+    if target.exists():
+        os.replace(target, old)
+    failpoints.reached("publish")
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_old(target: Path) -> bool:
+    """If ``target`` is missing but a dead run left the previous report aside, move it back; True if so."""
+    if target.exists():
+        return False
+    for entry in sorted(target.parent.glob(f".old-*-{target.name}")):
+        if is_stale(entry.name):
+            os.replace(entry, target)
+            return True
+    return False
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc`` in words, with a plain hint when the disk (or the process's file-size limit) is full."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({exc.strerror})"
+    if exc.errno == errno.EFBIG:
+        return f"the file grew past the allowed size: disk full or a file-size limit ({exc.strerror})"
+    return str(exc)
+
+
+_WRITE_ERRNO = re.compile(r"os error (\d+)")
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """As ``describe_os_error``, also for writers that wrap the OS error in their own type (safetensors)."""
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    m = _WRITE_ERRNO.search(str(exc))
+    if m:
+        code = int(m.group(1))
+        return describe_os_error(OSError(code, os.strerror(code)))
+    return f"{type(exc).__name__}: {exc}"
