@@ -152,3 +152,18 @@ def test_no_readable_image_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "none of the 1 image files" in err and "bad.png" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_that_cannot_be_created_is_a_usage_error(tmp_path, image_dir, capsys):
+    from conftest import write_config
+
+    from reportgen.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = write_config(tmp_path, image_dir, run={"output": str(blocker / "out"), "cache_dir": str(tmp_path / "c"),
+                                                  "device": "cpu"})
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the report to {blocker / 'out'}" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.safetensors"))
