@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -397,6 +398,23 @@ def _read_model(r: _Reader) -> ModelConfig | None:
                        preprocess=pre, allow_pickle=allow_pickle)
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` could not be created or written (its nearest existing ancestor decides), else None."""
+    probe = folder
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                return None
+            probe = probe.parent
+    except (OSError, ValueError):  # a name the OS refuses; creating the folder will say so
+        return None
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    return None
+
+
 def _read_targets(r: _Reader) -> tuple[str, int | None]:
     raw = r.get("cams.target", (str, int), "predicted")
     if isinstance(raw, int):
@@ -464,6 +482,10 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     r.section("run", ("output", "cache_dir", "device", "batch_size", "workers", "channels_last"))
     output = r.path("run.output") or (path.parent / "outputs" / path.stem).resolve()
     cache_dir = r.path("run.cache_dir") or (Path.home() / ".cache" / "reportgen").resolve()
+    for key, folder in (("run.output", output), ("run.cache_dir", cache_dir)):
+        why = _unwritable(folder)
+        if why:
+            r.problem(key, f"cannot write to {folder}: {why}")
     device = r.get("run.device", str, "auto", check=_device_check)
     batch_size = r.get("run.batch_size", int, 8, minimum=1)
     workers = r.get("run.workers", int, 0, minimum=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -165,5 +166,7 @@ def test_output_folder_that_cannot_be_created_is_a_usage_error(tmp_path, image_d
                                                   "device": "cpu"})
     assert main(["run", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"cannot write the report to {blocker / 'out'}" in err and "Traceback" not in err
+    assert re.search(rf"config.yaml:\d+: run.output: cannot write to {re.escape(str(blocker / 'out'))}: "
+                     rf"{re.escape(str(blocker))} is a file, not a folder", err), err
+    assert "Traceback" not in err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.safetensors"))
