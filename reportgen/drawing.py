@@ -39,7 +39,7 @@ def _file_part(name: str) -> str:
 
 
 def _save(img: Image.Image, root: Path, rel: str) -> dict:
-    save_jpeg(img, root / rel)
+    save_jpeg(img, root / rel, atomic=False)  # root is the staging folder, published whole
     return {"image": rel, "width": img.width, "height": img.height}
 
 

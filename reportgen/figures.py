@@ -285,12 +285,14 @@ def _font(size: int) -> _Font:
     return ImageFont.load_default(size=size)
 
 
+@functools.lru_cache(maxsize=64)
 def _line_height(font: _Font) -> int:
     """Pixel height that fits digits, '#', '-', '.', 'e' and descenders."""
     _, top, _, bottom = font.getbbox("#0123456789.-eg")
     return int(bottom - top)
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_size(font: _Font, text: str) -> tuple[int, int, int, int]:
     """(width, height, x_offset, y_offset) of ``text``'s ink box; draw at (x - x_offset, y - y_offset)."""
     x0, y0, x1, y1 = font.getbbox(text)
@@ -300,7 +302,7 @@ def _text_size(font: _Font, text: str) -> tuple[int, int, int, int]:
 def _draw_centered(draw: ImageDraw.ImageDraw, text: str, font: _Font, cx: float, top: int, line_h: int) -> None:
     """Draw ``text`` horizontally centred on ``cx`` inside a line of height ``line_h`` starting at ``top``."""
     w, _, xo, _ = _text_size(font, text)
-    _, y_top, _, _ = font.getbbox("#0123456789.-eg")
+    y_top = _text_size(font, "#0123456789.-eg")[3]
     draw.text((round(cx - w / 2) - xo, top - int(y_top)), text, font=font, fill=_TEXT)
 
 
@@ -347,9 +349,19 @@ def with_colorbar(img: Image.Image, *, cmap: str, vmin: float, vmax: float, labe
         raise ValueError(f"expected a PIL image, got {type(img).__name__}")
     if not (math.isfinite(vmin) and math.isfinite(vmax) and vmin <= vmax):
         raise ValueError(f"expected finite vmin <= vmax, got vmin={vmin!r}, vmax={vmax!r}")
+    strip = _colorbar_strip(img.height, cmap, float(vmin), float(vmax), label)
+    out = Image.new("RGB", (img.width + strip.width, strip.height), _WHITE)
+    out.paste(img.convert("RGB"), (0, 0))
+    out.paste(strip, (img.width, 0))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _colorbar_strip(height: int, cmap: str, vmin: float, vmax: float, label: str) -> Image.Image:
+    """The part ``with_colorbar`` adds right of an image of ``height`` px: the same for every overlay of a run,
+    so drawn once (text layout was a quarter of the drawing time). Callers paste it and never change it."""
     lut = colormap_lut(cmap)
-    src = img.convert("RGB")
-    width, height = src.size
+    width = 0
 
     font = _font(max(10, min(16, round(height / 30))))
     line_h = _line_height(font)
@@ -381,7 +393,6 @@ def with_colorbar(img: Image.Image, *, cmap: str, vmin: float, vmax: float, labe
     text_x = bar_x + bar_w + tick_len + text_gap
     total_w = text_x + text_w + (pad + label_img.width if label_img is not None else 0) + pad
     out = Image.new("RGB", (total_w, canvas_h), _WHITE)
-    out.paste(src, (0, 0))
 
     grad = np.linspace(1.0, 0.0, bar_h, dtype=np.float32)  # top = vmax
     column = np.take(lut, _lut_indices(grad), axis=0)
@@ -390,7 +401,7 @@ def with_colorbar(img: Image.Image, *, cmap: str, vmin: float, vmax: float, labe
 
     draw = ImageDraw.Draw(out)
     draw.rectangle((bar_x - 1, bar_top - 1, bar_x + bar_w, bar_bottom + 1), outline=_BAR_EDGE)
-    _, glyph_top, _, _ = font.getbbox("#0123456789.-eg")
+    glyph_top = _text_size(font, "#0123456789.-eg")[3]
     for text, y in texts:
         draw.line((bar_x + bar_w, y, bar_x + bar_w + tick_len, y), fill=_BAR_EDGE)
         ty = min(max(y - line_h // 2, 0), canvas_h - line_h)
@@ -607,8 +618,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def save_jpeg(img: Image.Image, path: str | os.PathLike[str], *, quality: int = 88) -> None:
-    """Write an image as a baseline RGB JPEG, atomically.
+def save_jpeg(img: Image.Image, path: str | os.PathLike[str], *, quality: int = 88, atomic: bool = True) -> None:
+    """Write an image as a baseline RGB JPEG, atomically unless told otherwise.
 
     The image goes to a hidden temporary file in the target folder, which then replaces ``path`` with ``os.replace``,
     so readers never see a partial file. Missing parent folders are created. Non-RGB images are converted (alpha is
@@ -618,6 +629,8 @@ def save_jpeg(img: Image.Image, path: str | os.PathLike[str], *, quality: int = 
         img: PIL image.
         path: Destination file path.
         quality: JPEG quality, 1-95.
+        atomic: False writes ``path`` directly, for a folder that is itself moved into place when complete (a
+            run's staging folder): one rename less per figure.
 
     Raises:
         ValueError: If ``img`` is not a PIL image or ``quality`` is outside 1-95.
@@ -630,6 +643,9 @@ def save_jpeg(img: Image.Image, path: str | os.PathLike[str], *, quality: int = 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     rgb = _to_rgb(img)
+    if not atomic:
+        rgb.save(target, format="JPEG", quality=quality)
+        return
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours umask, unlike mkstemp's 0600
     try:
