@@ -14,13 +14,13 @@ import errno
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 from reportgen import failpoints
 
-__all__ = ["temp_file", "is_stale", "sweep", "swap_into_place", "restore_old", "describe_os_error",
-           "describe_write_error"]
+__all__ = ["temp_file", "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error"]
 
 _PID = re.compile(r"^\.(?:tmp|partial|old)-(\d+)-")
 
@@ -134,6 +134,25 @@ def restore_old(target: Path) -> bool:
     return False
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Linux: have the kernel kill this (child) process when the process that started it dies, even by SIGKILL.
+
+    For the PDF printer and the drawing workers: otherwise a run killed mid-way would leave them writing into
+    a half-built report folder. Elsewhere nothing happens (a waiting child still stops when its pipe closes).
+    ``parent_pid``, when known, catches a parent that died before the request took effect.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(3)
+
+
 def describe_os_error(exc: OSError) -> str:
     """``exc`` in words, with a plain hint when the disk (or the process's file-size limit) is full."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -141,17 +160,3 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.EFBIG:
         return f"the file grew past the allowed size: disk full or a file-size limit ({exc.strerror})"
     return str(exc)
-
-
-_WRITE_ERRNO = re.compile(r"os error (\d+)")
-
-
-def describe_write_error(exc: BaseException) -> str:
-    """As ``describe_os_error``, also for writers that wrap the OS error in their own type (safetensors)."""
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
-    m = _WRITE_ERRNO.search(str(exc))
-    if m:
-        code = int(m.group(1))
-        return describe_os_error(OSError(code, os.strerror(code)))
-    return f"{type(exc).__name__}: {exc}"

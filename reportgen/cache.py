@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from reportgen import failpoints
-from reportgen.atomic import describe_write_error, sweep, temp_file
+from reportgen.atomic import describe_os_error, sweep, temp_file
 from reportgen.errors import CacheError
+from reportgen.tensorfile import write_tensors
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "TensorCache", "CacheInfo"]
 
@@ -93,8 +94,6 @@ class TensorCache:
 
     def put(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, str] | None = None) -> None:
         """Store ``arrays`` atomically under ``key`` (each written as its own compact contiguous copy)."""
-        from safetensors.numpy import save_file
-
         path = self._path(key)
         compact = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
         tmp = None
@@ -103,10 +102,10 @@ class TensorCache:
             tmp = temp_file(path.parent, ".safetensors")
             stored = {k: str(v) for k, v in (meta or {}).items()}
             stored[_CHECKSUM] = _checksum(compact)
-            save_file(compact, str(tmp), metadata=stored)
+            write_tensors(tmp, compact, stored)
             os.replace(tmp, path)
-        except Exception as exc:  # OSError, or safetensors' own error type for a failed write (disk full)
-            raise CacheError(f"cannot write cache entry in {self.root}: {describe_write_error(exc)}") from exc
+        except OSError as exc:
+            raise CacheError(f"cannot write cache entry in {self.root}: {describe_os_error(exc)}") from exc
         finally:
             if tmp is not None and tmp.exists():
                 tmp.unlink()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reportgen.atomic import describe_write_error
+from reportgen.atomic import describe_os_error
 from reportgen.config import ReportOptions
 from reportgen.errors import RenderError
 from reportgen.figures import (
@@ -27,6 +27,7 @@ from reportgen.figures import (
     with_colorbar,
 )
 from reportgen.images import ImageRecord
+from reportgen.tensorfile import write_tensors
 
 __all__ = ["draw_image", "draw_kernels", "draw_filters"]
 
@@ -44,15 +45,12 @@ def _save(img: Image.Image, root: Path, rel: str) -> dict:
 
 
 def _save_maps(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
-    from safetensors.numpy import save_file
-
+    """The image's raw maps as safetensors, the same bytes on every run (the staging folder is published whole)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
-    except Exception as exc:  # safetensors reports a failed write (disk full) as its own error type
-        raise RenderError(f"cannot write the report's {path.parent.name}/{path.name}: {describe_write_error(exc)}") from exc
-    tmp.replace(path)
+        write_tensors(path, tensors, meta)
+    except OSError as exc:
+        raise RenderError(f"cannot write the report's {path.parent.name}/{path.name}: {describe_os_error(exc)}") from exc
 
 
 def draw_kernels(root: Path, layer: str, kernels: np.ndarray, labels: list[str], rgb: bool, total: int,
