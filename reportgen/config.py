@@ -86,6 +86,7 @@ class RunOptions:
     batch_size: int = 8
     workers: int = 0
     channels_last: bool = True
+    draw_workers: int | str = "auto"  # processes drawing figures while the model works; "auto": see drawpool
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,12 @@ def _read_model(r: _Reader) -> ModelConfig | None:
                        preprocess=pre, allow_pickle=allow_pickle)
 
 
+def _draw_workers_check(value: int | str) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else f"expected 'auto' or a number of processes, got {value!r}"
+    return None if 0 <= value <= 64 else f"expected 'auto' or 0..64 processes, got {value}"
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why ``folder`` could not be created or written (its nearest existing ancestor decides), else None."""
     probe = folder
@@ -479,7 +486,8 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         data_path = Path(data_dir).resolve()
     limit = r.get("data.limit", int, minimum=1)
 
-    r.section("run", ("output", "cache_dir", "device", "batch_size", "workers", "channels_last"))
+    r.section("run", ("output", "cache_dir", "device", "batch_size", "workers", "channels_last",
+                      "draw_workers"))
     output = r.path("run.output") or (path.parent / "outputs" / path.stem).resolve()
     cache_dir = r.path("run.cache_dir") or (Path.home() / ".cache" / "reportgen").resolve()
     for key, folder in (("run.output", output), ("run.cache_dir", cache_dir)):
@@ -490,6 +498,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     batch_size = r.get("run.batch_size", int, 8, minimum=1)
     workers = r.get("run.workers", int, 0, minimum=0)
     channels_last = r.get("run.channels_last", bool, True)
+    draw_workers = r.get("run.draw_workers", (int, str), "auto", check=_draw_workers_check)
 
     r.section("kernels", ("layers", "max_kernels"))
     kernels = KernelsConfig(r.names("kernels.layers"), r.get("kernels.max_kernels", int, 64, minimum=1, maximum=65536))
@@ -526,7 +535,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         model=model,
         data=DataConfig(path=data_path, limit=limit),
         run=RunOptions(output=output, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
-                       channels_last=channels_last),
+                       channels_last=channels_last, draw_workers=draw_workers),
         kernels=kernels,
         feature_maps=fmaps,
         cams=CamsConfig(methods=methods, layers=cam_layers, target=target, class_index=class_index, top_k=top_k,

@@ -7,15 +7,14 @@ main run. Writes OUT.pdf directly (the parent hands it a temp name and moves it 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
+
+from reportgen.atomic import die_with_parent
 
 __all__ = ["main"]
 
@@ -69,23 +68,6 @@ def _confined_fetcher(root: Path):
     return _Confined()
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this child when the run that started it dies (even by SIGKILL).
-
-    Otherwise a run killed while printing would leave the child writing into a half-built report folder.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the parent's stdin closing still stops a waiting child
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(3)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # --wait: import WeasyPrint first, then read "go<TAB>HTML<TAB>OUT" from stdin. The parent starts the child
@@ -113,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"cannot import weasyprint: {type(exc).__name__}: {exc}")
 
     if wait:
-        _die_with_parent()
+        die_with_parent()
         order = sys.stdin.readline().rstrip("\n").split("\t")
         if len(order) != 3 or order[0] != "go":
             return 3  # the parent cancelled (its run failed or printed no PDF): nothing to print

@@ -37,10 +37,10 @@ def workspace(tmp_path: Path):
     return tmp_path
 
 
-def _config(ws: Path, name: str, cache: str = "cache") -> Path:
+def _config(ws: Path, name: str, cache: str = "cache", draw_workers: int = 0) -> Path:
     path = write_config(ws, ws / "images", report={"pdf": True, "image_size": 96})
     cfg = yaml.safe_load(path.read_text())
-    cfg["run"].update(output=str(ws / name), cache_dir=str(ws / cache), batch_size=2)
+    cfg["run"].update(output=str(ws / name), cache_dir=str(ws / cache), batch_size=2, draw_workers=draw_workers)
     out = ws / f"{name}.yaml"
     out.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return out
@@ -102,9 +102,10 @@ def reference(workspace: Path) -> Path:
     return workspace / "reference"
 
 
-@pytest.mark.parametrize("point", ["cache-put:20", "cache-put:40", "draw:3", "pdf"])
-def test_killed_run_is_finished_by_the_rerun_reusing_its_work(workspace, reference, point):
-    config = _config(workspace, "out")
+@pytest.mark.parametrize(("point", "draw_workers"),
+                         [("cache-put:20", 0), ("cache-put:40", 0), ("draw:3", 0), ("draw:3", 2), ("pdf", 0)])
+def test_killed_run_is_finished_by_the_rerun_reusing_its_work(workspace, reference, point, draw_workers):
+    config = _config(workspace, "out", draw_workers=draw_workers)
     killed = _run(config, REPORTGEN_FAILPOINT=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     out = workspace / "out"
@@ -167,9 +168,10 @@ def test_two_runs_sharing_one_cache_at_once_both_finish_correctly(workspace, ref
     assert _leftovers(workspace) == []
 
 
-def test_full_disk_is_a_clear_error_and_leaves_no_corrupt_entry(workspace, reference):
+@pytest.mark.parametrize("draw_workers", [0, 1])
+def test_full_disk_is_a_clear_error_and_leaves_no_corrupt_entry(workspace, reference, draw_workers):
     """Files may not grow past 3 kB (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk)."""
-    config = _config(workspace, "out")
+    config = _config(workspace, "out", draw_workers=draw_workers)
     limit = 3000
 
     def small_files():
@@ -186,7 +188,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_corrupt_entry(workspace, refer
     cache = TensorCache(workspace / "cache")
     kept = cache.info().entries
     # every entry that was written is whole: the rerun (no limit) uses all of them and computes the rest
-    rerun = _run(config)
+    rerun = _run(_config(workspace, "out"))
     assert rerun.returncode == 0, rerun.stderr
     s = _stats(workspace / "out")
     assert (s["cache_hits"], s["cache_misses"]) == (kept, ENTRIES - kept)

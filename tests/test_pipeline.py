@@ -295,3 +295,34 @@ def test_channels_last_gives_the_same_maps_under_its_own_keys(tmp_path, image_di
         for name in a:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5 * float(np.abs(b[name]).max() + 1e-12),
                                        err_msg=name)
+
+
+def test_drawing_in_worker_processes_gives_the_same_report(tmp_path, image_dir):
+    def run_with(draw_workers: int, name: str):
+        cfg = load_config(write_config(tmp_path, image_dir, run={
+            "output": str(tmp_path / name), "cache_dir": str(tmp_path / "cache"), "device": "cpu", "batch_size": 3,
+            "draw_workers": draw_workers}))
+        return run(cfg).stats, cfg.run.output
+
+    s0, inline = run_with(0, "inline")
+    s2, pooled = run_with(2, "pooled")
+    assert (s0.draw_workers, s2.draw_workers) == (0, 2)
+    files = sorted(p.relative_to(inline) for p in inline.rglob("*") if p.is_file() and p.name != "report.html"
+                   and p.name != "manifest.json")
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file()
+                           and p.name not in ("report.html", "manifest.json"))
+    for rel in files:
+        assert (inline / rel).read_bytes() == (pooled / rel).read_bytes(), rel
+    a, b = (json.loads((p / "manifest.json").read_text())["images"] for p in (inline, pooled))
+    assert a == b
+    assert s2.seconds["draw"] > 0
+
+
+def test_draw_workers_config(tmp_path, image_dir):
+    from reportgen.errors import ConfigError
+
+    for bad, message in (("many", "expected 'auto' or a number"), (-1, "expected 'auto' or 0..64")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(write_config(tmp_path, image_dir, run={"output": str(tmp_path / "o"), "draw_workers": bad}))
+    cfg = load_config(write_config(tmp_path, image_dir, run={"output": str(tmp_path / "o")}))
+    assert cfg.run.draw_workers == "auto"
