@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="batch of the in-process measurements (16 CPU / 64 CUDA)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds after warm-up (median reported)")
     p.add_argument("--score-images", type=int, default=None, help="images for ScoreCAM (2 CPU / 4 CUDA)")
-    p.add_argument("--e2e-images", type=int, default=None, help="images of the e2e and seed runs (24 CPU / 48 CUDA)")
+    p.add_argument("--e2e-images", type=int, default=None, help="images of the e2e runs (200 CPU / 512 CUDA)")
+    p.add_argument("--seed-images", type=int, default=None,
+                   help="images of the seed recipe run, the first of the e2e set (default: all on CPU, 64 on CUDA)")
     p.add_argument("--memory-images", default=None, help="image counts of the memory runs (default 100,1000)")
     p.add_argument("--seed-script", type=Path, default=None, help="seed recipe script (default: bench/seed_pipeline.py)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir, removed after)")
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         s.model = args.model
     for field, value in (("batch", args.batch), ("reps", args.reps), ("score_images", args.score_images),
-                         ("e2e_images", args.e2e_images)):
+                         ("e2e_images", args.e2e_images), ("seed_images", args.seed_images)):
         if value is not None:
             setattr(s, field, value)
     if args.memory_images:

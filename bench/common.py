@@ -39,7 +39,8 @@ class Settings:
     score_size: int = 224  # input side for ScoreCAM (quick: 64, so C forwards stay cheap)
     draw_overlays: int = 200
     draw_matplotlib: int = 20
-    e2e_images: int = 24
+    e2e_images: int = 200  # 200+: the warm-cache target is about runs of that size
+    seed_images: int | None = None  # images of the seed recipe run (the first ones of the same folder); None: all
     e2e_image_px: int = 96
     e2e_batch: int = 16
     workers: int = 0
@@ -53,7 +54,7 @@ class Settings:
     def for_device(cls, device: str, quick: bool) -> Settings:
         if device.startswith("cuda"):
             s = cls(device=device, quick=quick, model="resnet50", batch=64, reps=10, warmup=3, score_images=4,
-                    score_batch=64, e2e_images=48, e2e_batch=64, workers=4)
+                    score_batch=64, e2e_images=512, seed_images=64, e2e_batch=64, workers=4)
         else:
             s = cls(device=device, quick=quick, model="resnet18", batch=16, memory_size=112)
         if quick:  # a smoke test of every code path, not a measurement: small inputs, few reps
@@ -61,7 +62,7 @@ class Settings:
             s.reps, s.warmup = 2, 1
             s.score_images, s.score_batch, s.score_size = 1, min(s.score_batch, 32), 64
             s.draw_overlays, s.draw_matplotlib = 30, 4
-            s.e2e_images, s.e2e_batch, s.seed_kernels = 2, 4, 1
+            s.e2e_images, s.seed_images, s.e2e_batch, s.seed_kernels = 2, None, 4, 1
             s.memory_images, s.memory_size = (3, 6), 64
             s.pdf_images = 3
         return s

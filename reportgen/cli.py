@@ -138,12 +138,16 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         root = _load(args.config).run.cache_dir
     else:
         raise UsageError("cache: give a config or --cache-dir")
-    cache = TensorCache(root)
+    from reportgen.figcache import FigureStore
+
+    cache, figures = TensorCache(root), FigureStore(Path(root) / "figures")
     if args.action == "info":
-        info = cache.info()
-        print(f"cache {info.path}: {info.entries} entries, {info.bytes / 1e6:.2f} MB")
+        info, figs = cache.info(), figures.info()
+        print(f"cache {info.path}: {info.entries} entries, {info.bytes / 1e6:.2f} MB; "
+              f"drawn figures of {figs.entries} images, {figs.bytes / 1e6:.2f} MB")
     else:
-        print(f"cache {root}: removed {cache.clear()} entries")
+        removed, drawn = cache.clear(), figures.clear()
+        print(f"cache {root}: removed {removed} entries and the drawn figures of {drawn} images")
     return 0
 
 

@@ -98,10 +98,11 @@ class Drawer:
     """Draws images as they come; ``finish`` returns every entry by record index.
 
     Args:
-        on_drawn: called in this process once per finished image (progress bar, crash-test fail point).
+        on_drawn: called in this process with (record index, entry) once per finished image (figure cache,
+            progress bar, crash-test fail point).
     """
 
-    def __init__(self, ctx: DrawContext, workers: int, on_drawn: Callable[[], None] = lambda: None):
+    def __init__(self, ctx: DrawContext, workers: int, on_drawn: Callable[[int, dict], None] = lambda i, e: None):
         self.ctx = ctx
         self.on_drawn = on_drawn
         self.entries: dict[int, dict] = {}
@@ -131,7 +132,7 @@ class Drawer:
     def _done(self, index: int, entry: dict, seconds: float) -> None:
         self.entries[index] = entry
         self.draw_seconds += seconds
-        self.on_drawn()
+        self.on_drawn(index, entry)
 
     def _collect(self, block: bool) -> None:
         """Take finished images off the front of the queue (waiting for the first one if ``block``)."""

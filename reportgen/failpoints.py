@@ -14,7 +14,7 @@ import signal
 __all__ = ["POINTS", "reached"]
 
 POINTS = {
-    "cache-put": "right after a cache entry was written (compute is under way)",
+    "cache-put": "right after a result was written to the cache (compute is under way)",
     "draw": "right after an image's figures were drawn into the staging folder",
     "pdf": "while the WeasyPrint child prints the PDF (the order was sent, the answer not read)",
     "publish": "between moving the old report aside and moving the new one into place (non-Linux path)",

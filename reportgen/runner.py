@@ -32,6 +32,7 @@ from reportgen.config import RunConfig, close_matches
 from reportgen.drawing import draw_filters, draw_kernels
 from reportgen.drawpool import DrawContext, Drawer
 from reportgen.errors import ConfigError, DataError, ModelError, RenderError, UsageError
+from reportgen.figcache import FigureStore, figure_key
 from reportgen.images import IMAGE_EXTENSIONS, ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
 from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, write_card
@@ -456,7 +457,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
     staging = _prepare_output(output, force)
     stats = RunStats(images_total=len(records) + len(skipped))
     cache = TensorCache(cfg.run.cache_dir)
-    if cache.sweep():
+    if cache.sweep() + FigureStore(cfg.run.cache_dir / "figures").sweep():
         log.info("removed temporary files of killed runs from the cache %s", cfg.run.cache_dir)
     planner = _Planner(cfg, model.card, model.labels)
     keys = [planner.keys(rec) for rec in records]
@@ -502,7 +503,27 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
         cam_plan = [(m, get_method(m).title, get_method(m).needs_layer) for m in cfg.cams.methods]
         context = DrawContext(staging, model.labels, cfg.report, cam_plan, cfg.cams.layers, cfg.feature_maps.layers)
 
-        def drawn() -> None:
+        figures = FigureStore(cfg.run.cache_dir / "figures")
+        fig_keys = {records[i].index: figure_key(records[i], keys[i], cfg.report, model.labels, cam_plan,
+                                                 cfg.cams.layers, cfg.feature_maps.layers,
+                                                 label_index(records[i].label, model.labels)) for i in cold + warm}
+        restored: dict[int, dict] = {}
+        if warm:  # figures drawn before from the same results: copied, not drawn (nor the image decoded)
+            t0 = time.perf_counter()
+            still = []
+            for i in warm:
+                entry = figures.restore(fig_keys[records[i].index], staging)
+                if entry is None:
+                    still.append(i)
+                    continue
+                restored[records[i].index] = entry
+                cache.hits += len(keys[i])  # the results the figures were drawn from are reused, unread
+                bar.update(1)
+            warm = still
+            stats.seconds["draw_wait"] += time.perf_counter() - t0
+
+        def drawn(index: int, entry: dict) -> None:
+            figures.store(fig_keys[index], staging, entry)
             failpoints.reached("draw")
             bar.update(1)
 
@@ -521,9 +542,9 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
         for stream in streams:
             for rec, found, display, box in stream:
                 drawer.submit(rec, found, display, box, label_index(rec.label, model.labels))
-        entries = drawer.finish()
+        entries = {**restored, **drawer.finish()}
         stats.seconds["draw"] = drawer.draw_seconds
-        stats.seconds["draw_wait"] = drawer.wait_seconds
+        stats.seconds["draw_wait"] += drawer.wait_seconds
         bar.close()
         images = [entries[i] for i in sorted(entries)]
         if not images:

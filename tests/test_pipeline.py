@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from html.parser import HTMLParser
 
 import pytest
@@ -104,8 +105,37 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path, image_dir):
     run(cfg)
     entry = next(cfg.run.cache_dir.glob("??/*.safetensors"))
     entry.write_bytes(b"garbage")
+    shutil.rmtree(cfg.run.cache_dir / "figures")  # else the figures drawn from it are copied and it is not read
     s = run(cfg, force=True).stats
     assert s.cache_misses == 1 and s.cache_writes == 1
+
+
+def test_warm_rerun_copies_the_drawn_figures_and_redraws_when_the_drawing_changes(tmp_path, image_dir):
+    cfg = load_config(write_config(tmp_path, image_dir))
+    first = run(cfg)
+    files = {p.relative_to(cfg.run.output): p.read_bytes() for p in cfg.run.output.rglob("*")
+             if p.is_file() and p.suffix in (".jpg", ".safetensors")}
+    second = run(cfg, force=True)
+    assert second.stats.seconds["draw"] == 0  # nothing drawn: every image's figures came from the cache
+    assert second.stats.cache_hits == ENTRIES and second.stats.cache_misses == 0
+    assert files == {p.relative_to(cfg.run.output): p.read_bytes() for p in cfg.run.output.rglob("*")
+                     if p.is_file() and p.suffix in (".jpg", ".safetensors")}
+    a, b = (json.loads(r.manifest.read_text())["images"] for r in (first, second))
+    assert a == b
+    # a kept figure damaged in place (it is a hard link of the report's file): found by its checksum, redrawn
+    kept = next((cfg.run.cache_dir / "figures").glob("??/*/assets/images/*/thumb.jpg"))
+    with open(kept, "r+b") as fh:
+        fh.write(b"garbage")
+    again = run(cfg, force=True)
+    assert again.stats.seconds["draw"] > 0 and again.stats.forward_passes == 0
+    assert files == {p.relative_to(cfg.run.output): p.read_bytes() for p in cfg.run.output.rglob("*")
+                     if p.is_file() and p.suffix in (".jpg", ".safetensors")}
+    # another colour map: every image is drawn again from the cached results, nothing is computed
+    path = write_config(tmp_path, image_dir, report={"pdf": False, "image_size": 96, "colormap": "viridis"})
+    third = run(load_config(path), force=True)
+    assert third.stats.seconds["draw"] > 0 and third.stats.forward_passes == 0
+    changed = [rel for rel, data in files.items() if "cam-" in str(rel) and (cfg.run.output / rel).read_bytes() != data]
+    assert changed
 
 
 def test_skipped_files_are_listed_and_the_run_goes_on(tmp_path, image_dir):
@@ -300,8 +330,8 @@ def test_channels_last_gives_the_same_maps_under_its_own_keys(tmp_path, image_di
 def test_drawing_in_worker_processes_gives_the_same_report(tmp_path, image_dir):
     def run_with(draw_workers: int, name: str):
         cfg = load_config(write_config(tmp_path, image_dir, run={
-            "output": str(tmp_path / name), "cache_dir": str(tmp_path / "cache"), "device": "cpu", "batch_size": 3,
-            "draw_workers": draw_workers}))
+            "output": str(tmp_path / name), "cache_dir": str(tmp_path / f"cache-{name}"), "device": "cpu",
+            "batch_size": 3, "draw_workers": draw_workers}))
         return run(cfg).stats, cfg.run.output
 
     s0, inline = run_with(0, "inline")
