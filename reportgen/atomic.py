@@ -16,11 +16,12 @@ import re
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from reportgen import failpoints
 
-__all__ = ["temp_file", "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error"]
+__all__ = ["temp_file", "replace_atomically", "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error"]
 
 _PID = re.compile(r"^\.(?:tmp|partial|old)-(\d+)-")
 
@@ -30,6 +31,22 @@ def temp_file(folder: Path, suffix: str) -> Path:
     fd, name = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=suffix)
     os.close(fd)
     return Path(name)
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Make ``path``'s folder, ``write`` a temporary beside it (``temp_file``), then rename it onto ``path``.
+
+    Readers see the old file or the whole new one; the temporary is removed if anything fails (a process
+    killed mid-way leaves it for ``sweep``). Errors (``OSError``) are the caller's to word.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(path.parent, path.suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _alive(pid: int) -> bool:

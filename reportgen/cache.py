@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from reportgen import failpoints
-from reportgen.atomic import describe_os_error, sweep, temp_file
+from reportgen.atomic import describe_os_error, replace_atomically, sweep
 from reportgen.errors import CacheError
 from reportgen.tensorfile import write_tensors
 
@@ -94,21 +93,13 @@ class TensorCache:
 
     def put(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, str] | None = None) -> None:
         """Store ``arrays`` atomically under ``key`` (each written as its own compact contiguous copy)."""
-        path = self._path(key)
         compact = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-        tmp = None
+        stored = {k: str(v) for k, v in (meta or {}).items()}
+        stored[_CHECKSUM] = _checksum(compact)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_file(path.parent, ".safetensors")
-            stored = {k: str(v) for k, v in (meta or {}).items()}
-            stored[_CHECKSUM] = _checksum(compact)
-            write_tensors(tmp, compact, stored)
-            os.replace(tmp, path)
+            replace_atomically(self._path(key), lambda tmp: write_tensors(tmp, compact, stored))
         except OSError as exc:
             raise CacheError(f"cannot write cache entry in {self.root}: {describe_os_error(exc)}") from exc
-        finally:
-            if tmp is not None and tmp.exists():
-                tmp.unlink()
         self.writes += 1
         failpoints.reached("cache-put")
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from reportgen.atomic import describe_os_error, temp_file
+from reportgen.atomic import describe_os_error, replace_atomically
 from reportgen.config import ModelConfig
 from reportgen.errors import CacheError
 
@@ -176,17 +176,10 @@ def write_card(cache_dir: Path, key: str | None, card: ModelCard) -> None:
     if key is None:
         return
     path = _card_path(cache_dir, key)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_file(path.parent, ".json")
-        tmp.write_text(card.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: tmp.write_text(card.to_json(), encoding="utf-8"))
     except OSError as exc:
         raise CacheError(f"cannot write model card in {path.parent}: {describe_os_error(exc)}") from exc
-    finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
 
 
 def label_names(spec: str | Path, num_classes: int) -> list[str]:
