@@ -182,6 +182,13 @@ class RunConfig:
         cfg = replace(self, run=run)
         if data is not None:
             cfg = replace(cfg, data=replace(cfg.data, path=Path(data).resolve()))
+        if output is not None or cache_dir is not None or data is not None:
+            flags = {"run.output": "--output" if output is not None else None,
+                     "run.cache_dir": "--cache-dir" if cache_dir is not None else None}
+            problems = _placement(cfg.run.output, cfg.run.cache_dir, cfg.data.path, cfg.path, cfg.model,
+                                  lambda key: flags.get(key) or cfg.where(key))
+            if problems:
+                raise ConfigError(problems)
         return cfg
 
 
@@ -234,11 +241,15 @@ class _Reader:
         self.lines = lines
         self.problems: list[str] = []
 
-    def problem(self, dotted: str, message: str) -> None:
+    def where(self, dotted: str) -> str:
+        """``FILE:LINE: dotted`` (the line of the closest key given)."""
         key = dotted
         while key and key not in self.lines:
             key = key.rpartition(".")[0]
-        self.problems.append(f"{self.file}:{self.lines.get(key, 1)}: {dotted}: {message}")
+        return f"{self.file}:{self.lines.get(key, 1)}: {dotted}"
+
+    def problem(self, dotted: str, message: str) -> None:
+        self.problems.append(f"{self.where(dotted)}: {message}")
 
     def section(self, dotted: str, allowed: tuple[str, ...], required: bool = False) -> dict[str, Any]:
         value = self._lookup(dotted)
@@ -399,6 +410,17 @@ def _read_model(r: _Reader) -> ModelConfig | None:
                        preprocess=pre, allow_pickle=allow_pickle)
 
 
+def _placement(output: Path, cache_dir: Path, data: Path | None, config: Path, model: ModelConfig | None,
+               where: Callable[[str], str]) -> list[str]:
+    """Output/cache folders that could overwrite or delete user files (see ``reportgen.outfolder``)."""
+    from reportgen.outfolder import placement_problems
+
+    files = (("weights", model.weights), ("labels", model.labels)) if model is not None else ()
+    inputs = [(f"model.{key}", value) for key, value in files if isinstance(value, Path)]
+    return placement_problems(output=output, cache_dir=cache_dir, data=data, config=config, inputs=inputs,
+                              where=where)
+
+
 def _draw_workers_check(value: int | str) -> str | None:
     if isinstance(value, str):
         return None if value == "auto" else f"expected 'auto' or a number of processes, got {value!r}"
@@ -526,6 +548,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         alpha=r.get("report.alpha", float, 0.45, minimum=0.0, maximum=1.0),
         image_size=r.get("report.image_size", int, 384, minimum=64, maximum=4096),
     )
+    r.problems.extend(_placement(output, cache_dir, data_path, path, model, r.where))
     if r.problems:
         raise ConfigError(r.problems)
     assert model is not None and data_path is not None  # guaranteed when no problem was recorded

@@ -36,6 +36,7 @@ from reportgen.figcache import FigureStore, figure_key
 from reportgen.images import IMAGE_EXTENSIONS, ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
 from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, write_card
+from reportgen.outfolder import check_replaceable, new_run_id, placement_problems, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,10 @@ def _filter_entries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, stag
 
 
 def _prepare_output(output: Path, force: bool) -> Path:
-    """Check the output folder may be written; tidy what killed runs left beside it; make the staging folder."""
+    """Check the output folder may be written; tidy what killed runs left beside it; make the staging folder.
+
+    Only a folder reportgen wrote is ever replaced (``outfolder.check_replaceable``), with or without ``force``.
+    """
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         if restore_old(output):  # a run killed while publishing had moved the previous report aside
@@ -288,11 +292,7 @@ def _prepare_output(output: Path, force: bool) -> Path:
         swept = sweep(output.parent, endswith=f"-{output.name}")
         if swept:
             log.info("removed %d half-built report folder(s) of killed runs beside %s", swept, output)
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"output path {output} exists and is not a folder")
-        if output.is_dir() and any(output.iterdir()) and not force:
-            what = "holds a finished run" if (output / "manifest.json").exists() else "is not empty"
-            raise UsageError(f"output folder {output} {what}; pass --force to replace it")
+        check_replaceable(output, force)
         staging = output.parent / f".partial-{os.getpid()}-{output.name}"
         if staging.exists():
             shutil.rmtree(staging)
@@ -447,8 +447,13 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)
-    model = model or prepare(cfg)
     output = cfg.run.output
+    misplaced = placement_problems(output=output, cache_dir=cfg.run.cache_dir, data=cfg.data.path, config=cfg.path,
+                                   where=cfg.where)
+    if misplaced:
+        raise ConfigError(misplaced)
+    model = model or prepare(cfg)
+    run_id = new_run_id()
     records, skipped = discover(cfg.data.path, cfg.data.limit)
     if not records:
         what = f"; {len(skipped)} could not be read" if skipped else ""
@@ -572,7 +577,8 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
             stats.seconds["pdf"] = time.perf_counter() - t0
         stats.duration_s = time.perf_counter() - t_start
         context["run"]["duration_s"] = round(stats.duration_s, 2)
-        manifest = {**context, "stats": asdict(stats), "cache_dir": str(cfg.run.cache_dir)}
+        manifest = {**context, "run_id": run_id, "stats": asdict(stats), "cache_dir": str(cfg.run.cache_dir)}
+        write_marker(staging, __version__, also=("manifest.json",))
         tmp = staging / ".manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         os.replace(tmp, staging / "manifest.json")
