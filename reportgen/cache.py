@@ -26,7 +26,7 @@ from reportgen.tensorfile import write_tensors
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "TensorCache", "CacheInfo"]
 
-SCHEMA_VERSION = 2  # 2: entries carry a checksum of their arrays
+SCHEMA_VERSION = 3  # 2: entries carry a checksum of their arrays; 3: input-level maps float32 (were float16)
 _CHECKSUM = "reportgen.sha256"
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
 
     p = sub.add_parser("layers", help="list a model's layers with their output shapes")
-    p.add_argument("model", help="a config file, or timm:NAME, torchvision:NAME, factory:pkg.mod:fn, a TorchScript file")
+    p.add_argument("model", help="a config file, or timm:NAME, torchvision:NAME, factory:pkg.mod:fn, an exported "
+                   "program (.pt2, torch.export.save) or a TorchScript file (.pt: listed without output shapes)")
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
 
     sub.add_parser("methods", help="list the visualization methods")
@@ -81,18 +82,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from reportgen.modelcard import source_summary
     from reportgen.runner import prepare
 
     cfg = _load(args.config)
-    model = prepare(cfg)
+    model = prepare(cfg)  # also refuses what the model source cannot run (TorchScript, exported programs)
     layers = len(cfg.kernels.layers) + len(cfg.feature_maps.layers) + len(cfg.cams.layers) + len(cfg.filters.layers)
     print(f"{args.config}: ok ({model.card.name}, {layers} layer references checked)")
+    note = source_summary(cfg.model.source, model.card.layers)
+    if note:
+        print(f"note: {note}")
     return 0
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     from reportgen.config import ModelConfig, PreprocessConfig
     from reportgen.errors import ModelError
+    from reportgen.modelcard import source_summary
     from reportgen.models import layer_table, load_model, parse_model_spec
 
     spec = args.model
@@ -104,14 +110,22 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         except ModelError as exc:
             raise UsageError(str(exc)) from exc
         model_cfg = ModelConfig(source=source, name=name, labels="none", preprocess=PreprocessConfig())
-    lm = load_model(model_cfg, "cpu")
-    size = (args.size, args.size) if args.size else lm.preprocess.size
-    rows = list(layer_table(lm.module, size, lm.device))
+    try:
+        lm = load_model(model_cfg, "cpu")
+        size = (args.size, args.size) if args.size else lm.preprocess.size
+        rows = list(layer_table(lm.module, size, lm.device))
+    except ReportgenError:
+        raise
+    except Exception as exc:  # a model can fail in any way: one line naming it, never a traceback
+        raise ModelError(f"model {spec!r}: {type(exc).__name__}: {exc}") from exc
     width = max((len(r[0]) for r in rows), default=10)
     kind_width = max((len(r[1]) for r in rows), default=10)
     print(f"{lm.name}: {len(rows)} layers, input 3x{size[0]}x{size[1]}")
     for name, kind, shape in rows:
         print(f"{name:<{width}}  {kind:<{kind_width}}  {shape}")
+    note = source_summary(model_cfg.source, lm.card.layers)
+    if note:
+        print(f"note: {note}")
     return 0
 
 

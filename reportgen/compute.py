@@ -37,16 +37,21 @@ class Counters:
         self.oom_splits = 0
 
 
-def _map_functions() -> dict[str, Callable[..., torch.Tensor]]:
-    """Implementations of the ``map`` engine methods: (model, x, targets, [layer=], **params) → (N, T, h, w)."""
-    from reportgen.methods.fullgrad import fullgrad
+# map methods that also take the preprocessing's mean and std (Integrated Gradients' black baseline)
+_NEEDS_PREPROCESS = frozenset({"integrated_gradients"})
+
+
+def _map_functions() -> dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, dict[str, str]]]]:
+    """Implementations of the ``map`` engine methods: (model, x, targets, [layer=], **params) → (N, T, h, w), or
+    ((N, T, h, w), notes): string metadata stored with every image's entry (FullGrad's unused biases)."""
+    from reportgen.methods.fullgrad import fullgrad_with_notes
     from reportgen.methods.perturbation import ablationcam, scorecam
     from reportgen.methods.saliency import guided_backprop, integrated_gradients, saliency, smoothgrad
 
     return {
         "scorecam": scorecam,
         "ablationcam": ablationcam,
-        "fullgrad": fullgrad,
+        "fullgrad": fullgrad_with_notes,
         "saliency": saliency,
         "guided_backprop": guided_backprop,
         "smoothgrad": smoothgrad,
@@ -93,19 +98,27 @@ def compute_entries(cfg: RunConfig, lm: LoadedModel, x: torch.Tensor, wanted: se
             _augment_smooth(model, x, targets, grad_layers, grad_methods, cfg.cams.eigen_smooth, need_gradients,
                             maps_by_key, counters)
         functions = _map_functions() if map_jobs else {}
+        notes_by_key: dict[tuple[str, str], dict[str, str]] = {}
         for method, layer in map_jobs:
             kwargs = dict(cfg.cams.params.get(method, {}))
             if layer:
                 kwargs["layer"] = layer
-            maps_by_key[(layer, method)] = functions[method](model, x, targets, **kwargs)
+            if method in _NEEDS_PREPROCESS:
+                kwargs.update(mean=lm.preprocess.mean, std=lm.preprocess.std)
+            result = functions[method](model, x, targets, **kwargs)
+            if isinstance(result, tuple):  # (maps, notes): what the method could not do, for the report
+                result, notes_by_key[(layer, method)] = result
+            maps_by_key[(layer, method)] = result
             counters.map_passes += 1
     targets_np = targets.cpu().numpy()
     meta = [{"target_kinds": json.dumps(kinds[i])} for i in range(n)]
     for (layer, method), maps in maps_by_key.items():
-        maps = maps.float()
-        # input-resolution maps (saliency) are large: half precision is plenty for drawing and re-plotting
-        maps_np = (maps.half() if maps.shape[-1] * maps.shape[-2] > 64 * 64 else maps).cpu().numpy()
-        out[("cam", method, layer)] = [({"maps": maps_np[i], "targets": targets_np[i]}, meta[i]) for i in range(n)]
+        # float32 at every resolution: half precision flushes input gradients below 6e-8 to zero (all of a random
+        # MobileNetV3's) and rounds the rest by 5e-4 relative
+        maps_np = maps.float().cpu().numpy()
+        notes = notes_by_key.get((layer, method), {})
+        out[("cam", method, layer)] = [({"maps": maps_np[i], "targets": targets_np[i]}, {**meta[i], **notes})
+                                       for i in range(n)]
     return out
 
 

@@ -4,13 +4,21 @@ Every problem of a config is collected and reported at once, one line each, as
 ``FILE:LINE: dotted.key: what is wrong`` (exit code 2, nothing written). Relative paths in a config are
 resolved against the folder of the config file, so a scheduled job gives the same run from any working
 directory. This is the only module that reads YAML.
+
+A hostile file is bounded before it costs anything: at most 1 MB of UTF-8, 100,000 values once YAML aliases are
+expanded ("billion laughs"), 64 levels of nesting, no alias inside its own anchor; at most 20 problems are written
+out (then a count), and a user's value is quoted in at most 80 characters.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import logging
 import math
 import os
+import reprlib
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +45,9 @@ __all__ = [
     "TARGET_KINDS",
 ]
 
-MODEL_SOURCES = ("timm", "torchvision", "torchscript", "factory")
+log = logging.getLogger(__name__)
+
+MODEL_SOURCES = ("timm", "torchvision", "torchscript", "export", "factory")  # export: a torch.export.save .pt2
 TARGET_KINDS = ("predicted", "true", "class", "topk")
 _RESIZE_MODES = ("squash", "crop")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -194,6 +204,8 @@ class RunConfig:
 
 def close_matches(word: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
     """Up to ``n`` candidates close to ``word`` (typos, missing prefixes), best first."""
+    if len(word) > _SHOW_CHARS:  # no name is that long; and difflib's work grows with it
+        return []
     found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
     if len(found) < n:
         tail = word.rsplit(".", 1)[-1]
@@ -210,36 +222,223 @@ def _suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str:
     return "; did you mean " + " or ".join(repr(f) for f in found) + "?" if found else ""
 
 
-# --- YAML with line numbers -------------------------------------------------------------------------------------
+# --- YAML with line numbers, bounded ----------------------------------------------------------------------------
+
+_MAX_BYTES = 1_000_000  # a config is a few KB; this bounds the parse to a few seconds
+_MAX_VALUES = 100_000  # values after YAML aliases are expanded (a 1 KB "billion laughs" file holds 10^9)
+_MAX_DEPTH = 64  # nesting levels, also through aliases; a config needs five
+_SHOW_CHARS = 80  # a user's value or key quoted in a message
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, _SHOW_CHARS, _SHOW_CHARS
 
 
-def _to_python(node: yaml.Node, dotted: str, lines: dict[str, int], duplicates: list[tuple[str, int, int]]) -> Any:
-    """Plain data from a YAML node, recording each key's line and every key given twice in one mapping
-    (PyYAML silently keeps the last one, which would hide a mistake)."""
-    lines.setdefault(dotted, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+def _show(value: Any) -> str:
+    """``repr(value)`` in at most 80 characters (ending in "…" when cut), without walking all of a huge value."""
+    text = repr(value[: _SHOW_CHARS + 1]) if isinstance(value, str) else _REPR.repr(value)
+    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 1] + "…"
+
+
+def _key_text(key: str) -> str:
+    """A mapping key as it appears in dotted names: cut to 80 characters (no valid key is that long)."""
+    return key if len(key) <= _SHOW_CHARS else key[: _SHOW_CHARS - 1] + "…"
+
+
+def _read_text(path: Path) -> str:
+    """The config's text: a regular file of at most ``_MAX_BYTES`` bytes of UTF-8 (a leading BOM is dropped)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path}: is a folder, not a config file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: not a regular file (a pipe, socket or device); give a YAML file")
+    too_big = f"{path}: the config is {{:,}} bytes; the limit is {_MAX_BYTES:,} bytes (is it the right file?)"
+    if info.st_size > _MAX_BYTES:
+        raise ConfigError(too_big.format(info.st_size))
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from exc
+    if len(raw) > _MAX_BYTES:  # it grew since stat()
+        raise ConfigError(too_big.format(len(raw)))
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        hint = "; it looks like UTF-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02X} at line {line}){hint}; "
+                          "save the file as UTF-8") from exc
+
+
+class _Alias(yaml.Node):
+    """An alias ``*name`` where it is used: the anchored node it repeats, at the alias's own position."""
+
+    def __init__(self, target: yaml.Node, anchor: str, mark: Any):
+        super().__init__(target.tag, target.value, mark, mark)
+        self.target = target
+        self.anchor = anchor
+
+
+class _Limit(yaml.composer.ComposerError):
+    """The YAML text itself holds more than a config may (too many values, too deep)."""
+
+
+class _Composer(yaml.composer.Composer):
+    """PyYAML's composer, keeping where each alias is used and refusing more than ``_MAX_VALUES`` nodes or
+    nesting deeper than ``_MAX_DEPTH`` (the composer recurses: 500 ``[`` would end in a RecursionError)."""
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            return _Alias(super().compose_node(parent, index), event.anchor, event.start_mark)
+        self._nodes += 1
+        if self._nodes > _MAX_VALUES:
+            raise _Limit(None, None, f"the config holds more than {_MAX_VALUES:,} values", event.start_mark)
+        if self._depth >= _MAX_DEPTH:
+            raise _Limit(None, None, f"nested more than {_MAX_DEPTH} levels deep", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+try:  # libyaml's event parser is ~8x faster than the pure-Python one; the composing stays ours
+    from yaml.cyaml import CParser as _Parser
+
+    class _Loader(_Composer, _Parser, yaml.resolver.Resolver):  # type: ignore[misc]
+        def __init__(self, text: str):
+            _Parser.__init__(self, text)
+            _Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    class _Loader(_Composer, yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,  # type: ignore[no-redef]
+                  yaml.resolver.Resolver):
+        def __init__(self, text: str):
+            yaml.reader.Reader.__init__(self, text)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+            _Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+
+def _compose(path: Path, text: str) -> yaml.Node | None:
+    """The YAML node graph of ``text`` (aliases not expanded), or a ``ConfigError`` at the faulty line."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_node()
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: find its line ourselves
+        where = text.find(chr(exc.character)) if isinstance(exc.character, int) else -1
+        line = text.count("\n", 0, where) + 1 if where >= 0 else 1
+        raise ConfigError(f"{path}:{line}: YAML syntax error: character U+{exc.character:04X} is not allowed "
+                          f"({exc.reason})") from exc
+    except _Limit as exc:
+        raise ConfigError(f"{path}:{exc.problem_mark.line + 1}: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: YAML syntax error: {_shorten(reason)}") from exc
+    finally:
+        loader.dispose()
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Builder:
+    """Plain data from the YAML node graph, recording each key's line and every key given twice in one mapping
+    (PyYAML silently keeps the last one, which would hide a mistake).
+
+    Aliases are expanded, but a file of a few lines can name 10^9 values that way ("billion laughs") or name
+    itself (``&a [*a]``): expansion stops with a ``ConfigError`` at more than ``_MAX_VALUES`` values, more than
+    ``_MAX_DEPTH`` levels, or a loop, naming the line of the outermost alias being expanded.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines: dict[str, int] = {}
+        self.duplicates: list[tuple[str, int, int]] = []
+        self._values = 0
+        self._aliases: list[tuple[_Alias, str]] = []  # the aliases being expanded and where, outermost first
+        self._open: set[int] = set()  # the collections being built (a loop re-enters one)
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node, dotted: str = "", depth: int = 0) -> Any:
+        self.lines.setdefault(dotted, node.start_mark.line + 1)
+        if isinstance(node, _Alias):
+            if id(node.target) in self._open:
+                self._fail(dotted, f"the alias *{_key_text(node.anchor)} is used inside the value it names (a loop)",
+                           node, expanding=False)
+            self._aliases.append((node, dotted))
+            try:
+                return self.build(node.target, dotted, depth)
+            finally:
+                self._aliases.pop()
+        self._values += 1
+        if self._values > _MAX_VALUES:
+            self._fail(dotted, f"the config holds more than {_MAX_VALUES:,} values", node)
+        if isinstance(node, yaml.ScalarNode):
+            return self._constructor.construct_object(node, deep=True)
+        if depth >= _MAX_DEPTH:
+            self._fail(dotted, f"nested more than {_MAX_DEPTH} levels deep", node)
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, f"{dotted}[{i}]", depth + 1) for i, item in enumerate(node.value)]
+            return self._mapping(node, dotted, depth)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, dotted: str, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = f"{dotted}.{key}" if dotted else key
+            scalar = key_node.target if isinstance(key_node, _Alias) else key_node
+            if not isinstance(scalar, yaml.ScalarNode):
+                kind = "list" if isinstance(scalar, yaml.SequenceNode) else "mapping"
+                self._fail(dotted, f"a key must be plain text, got a {kind}", key_node)
+            key = str(scalar.value)
+            child = f"{dotted}.{_key_text(key)}" if dotted else _key_text(key)
+            line = key_node.start_mark.line + 1
             if key in out:
-                duplicates.append((child, key_node.start_mark.line + 1, lines[child]))
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, child, lines, duplicates)
+                self.duplicates.append((child, line, self.lines.get(child, line)))
+            self.lines[child] = line
+            out[key] = self.build(value_node, child, depth + 1)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, f"{dotted}[{i}]", lines, duplicates) for i, item in enumerate(node.value)]
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+    def _fail(self, dotted: str, message: str, node: yaml.Node, *, expanding: bool = True) -> None:
+        """Stop at ``node``, or, inside an alias's expansion, at the outermost alias being expanded."""
+        if expanding and self._aliases:
+            outer, dotted = self._aliases[0]
+            node = outer
+            message += f" once the alias *{_key_text(outer.anchor)} is expanded (an alias repeats its anchor's value)"
+        key = f" {dotted}:" if dotted else ""
+        raise ConfigError(f"{self.path}:{node.start_mark.line + 1}:{key} {message}")
 
 
 class _Reader:
-    """Reads typed values out of the parsed YAML, recording every problem instead of stopping at the first."""
+    """Reads typed values out of the parsed YAML, recording every problem instead of stopping at the first.
+
+    Only the first ``ConfigError.MAX_PROBLEMS`` are written out; the rest are counted in ``more``, and a message
+    given as a function (one that searches for close matches) is then not even composed.
+    """
 
     def __init__(self, path: Path, data: dict[str, Any], lines: dict[str, int]):
         self.file = path
         self.data = data
         self.lines = lines
         self.problems: list[str] = []
+        self.more = 0
 
     def where(self, dotted: str) -> str:
         """``FILE:LINE: dotted`` (the line of the closest key given)."""
@@ -248,8 +447,13 @@ class _Reader:
             key = key.rpartition(".")[0]
         return f"{self.file}:{self.lines.get(key, 1)}: {dotted}"
 
-    def problem(self, dotted: str, message: str) -> None:
-        self.problems.append(f"{self.where(dotted)}: {message}")
+    def problem(self, dotted: str, message: str | Callable[[], str], *, line: int | None = None) -> None:
+        if len(self.problems) >= ConfigError.MAX_PROBLEMS:
+            self.more += 1
+            return
+        text = message() if callable(message) else message
+        where = f"{self.file}:{line}: {dotted}" if line is not None else self.where(dotted)
+        self.problems.append(f"{where}: {text}")
 
     def section(self, dotted: str, allowed: tuple[str, ...], required: bool = False) -> dict[str, Any]:
         value = self._lookup(dotted)
@@ -262,7 +466,8 @@ class _Reader:
             return {}
         for key in value:
             if key not in allowed:
-                self.problem(f"{dotted}.{key}" if dotted else key, "unknown key" + _suggest(key, allowed))
+                short = _key_text(key)
+                self.problem(f"{dotted}.{short}" if dotted else short, lambda k=key: "unknown key" + _suggest(k, allowed))
         return value
 
     def _lookup(self, dotted: str) -> Any:
@@ -300,19 +505,20 @@ class _Reader:
             hint = ""
             if isinstance(value, bool) and str in kinds:
                 hint = " (YAML reads yes/no/on/off/true/false as booleans: put the text in quotes)"
-            self.problem(dotted, f"expected {expected}, got {_type_name(value)} {value!r}{hint}")
+            self.problem(dotted, f"expected {expected}, got {_type_name(value)} {_show(value)}{hint}")
             return default
         if isinstance(value, float) and not math.isfinite(value):
-            self.problem(dotted, f"expected a finite number, got {value!r}")
+            self.problem(dotted, f"expected a finite number, got {_show(value)}")
             return default
         if choices is not None and value not in choices:
-            self.problem(dotted, f"expected one of {', '.join(choices)}, got {value!r}" + _suggest(str(value), choices))
+            self.problem(dotted, lambda: f"expected one of {', '.join(choices)}, got {_show(value)}"
+                         + _suggest(str(value), choices))
             return default
         if minimum is not None and value < minimum:
-            self.problem(dotted, f"expected a value >= {minimum}, got {value!r}")
+            self.problem(dotted, f"expected a value >= {minimum}, got {_show(value)}")
             return default
         if maximum is not None and value > maximum:
-            self.problem(dotted, f"expected a value <= {maximum}, got {value!r}")
+            self.problem(dotted, f"expected a value <= {maximum}, got {_show(value)}")
             return default
         if check is not None:
             message = check(value)
@@ -336,16 +542,17 @@ class _Reader:
     def names(self, dotted: str, *, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
         value = self.get(dotted, (list, str), [])
         items = [value] if isinstance(value, str) else value
-        out: list[str] = []
+        out: dict[str, None] = {}  # ordered, and a set: a list of 10^5 names is checked in linear time
         for i, item in enumerate(items):
             if not isinstance(item, str) or not item:
-                self.problem(f"{dotted}[{i}]", f"expected a non-empty string, got {_type_name(item)} {item!r}")
+                self.problem(f"{dotted}[{i}]", f"expected a non-empty string, got {_type_name(item)} {_show(item)}")
             elif choices is not None and item not in choices:
-                self.problem(f"{dotted}[{i}]", f"unknown name {item!r}; expected one of {', '.join(choices)}" + _suggest(item, choices))
+                self.problem(f"{dotted}[{i}]", lambda item=item: f"unknown name {_show(item)}; expected one of "
+                             f"{', '.join(choices)}" + _suggest(item, choices))
             elif item in out:
-                self.problem(f"{dotted}[{i}]", f"{item!r} is listed twice")
+                self.problem(f"{dotted}[{i}]", f"{_show(item)} is listed twice")
             else:
-                out.append(item)
+                out[item] = None
         return tuple(out)
 
 
@@ -362,14 +569,14 @@ def _type_name(value: Any) -> str:
 
 def _triple(value: list) -> str | None:
     if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return f"expected a list of 3 numbers, got {value!r}"
+        return f"expected a list of 3 numbers, got {_show(value)}"
     return None
 
 
 def _size(value: Any) -> str | None:
     items = value if isinstance(value, list) else [value]
     if len(items) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in items):
-        return f"expected an integer >= 8 or a list [height, width], got {value!r}"
+        return f"expected an integer >= 8 or a list [height, width], got {_show(value)}"
     return None
 
 
@@ -379,10 +586,10 @@ def _read_model(r: _Reader) -> ModelConfig | None:
     r.section("model.preprocess", ("size", "resize", "crop_pct", "interpolation", "mean", "std"))
     source = r.get("model.source", str, required=True, choices=MODEL_SOURCES)
     name = r.get("model.name", str, required=True)
-    if source == "torchscript" and name is not None:
+    if source in ("torchscript", "export") and name is not None:
         name = str(r.path("model.name", must="file"))
     elif source == "factory" and name is not None and ":" not in name:
-        r.problem("model.name", f"expected 'package.module:function' for a factory, got {name!r}")
+        r.problem("model.name", f"expected 'package.module:function' for a factory, got {_show(name)}")
     weights = r.path("model.weights", must="file")
     allow_pickle = r.get("model.allow_pickle", bool, False)
     num_classes = r.get("model.num_classes", int, minimum=1)
@@ -395,7 +602,7 @@ def _read_model(r: _Reader) -> ModelConfig | None:
     mean = r.get("model.preprocess.mean", list, check=_triple)
     std = r.get("model.preprocess.std", list, check=_triple)
     if std is not None and any(s == 0 for s in std):
-        r.problem("model.preprocess.std", f"expected non-zero values, got {std!r}")
+        r.problem("model.preprocess.std", f"expected non-zero values, got {_show(std)}")
     pre = PreprocessConfig(
         size=size,
         resize=r.get("model.preprocess.resize", str, "squash", choices=_RESIZE_MODES),
@@ -423,7 +630,7 @@ def _placement(output: Path, cache_dir: Path, data: Path | None, config: Path, m
 
 def _draw_workers_check(value: int | str) -> str | None:
     if isinstance(value, str):
-        return None if value == "auto" else f"expected 'auto' or a number of processes, got {value!r}"
+        return None if value == "auto" else f"expected 'auto' or a number of processes, got {_show(value)}"
     return None if 0 <= value <= 64 else f"expected 'auto' or 0..64 processes, got {value}"
 
 
@@ -451,7 +658,8 @@ def _read_targets(r: _Reader) -> tuple[str, int | None]:
             r.problem("cams.target", f"expected a class index >= 0, got {raw}")
         return "class", raw
     if raw not in ("predicted", "true", "topk"):
-        r.problem("cams.target", f"expected predicted, true, topk or a class index, got {raw!r}" + _suggest(raw, ("predicted", "true", "topk")))
+        r.problem("cams.target", lambda: f"expected predicted, true, topk or a class index, got {_show(raw)}"
+                  + _suggest(raw, ("predicted", "true", "topk")))
         return "predicted", None
     return raw, None
 
@@ -466,38 +674,30 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         data_dir: an image folder that replaces ``data.path`` (``--data``); the config's own folder then need not exist.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    text = _read_text(path)
     from reportgen.methods import get_method
 
     if method_names is None:
         from reportgen.methods import cam_method_names
 
         method_names = cam_method_names()
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: YAML syntax error: {reason}") from exc
+    node = _compose(path, text)
     if node is None:
         raise ConfigError(f"{path}:1: the config is empty")
-    lines: dict[str, int] = {}
-    duplicates: list[tuple[str, int, int]] = []
+    builder = _Builder(path)
     try:
-        data = _to_python(node, "", lines, duplicates)
-    except (yaml.YAMLError, ValueError, TypeError) as exc:  # e.g. an impossible date, a non-hashable key
+        data = builder.build(node)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # e.g. an impossible date, a 5,000-digit integer
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: YAML value error: {reason}") from exc
+        raise ConfigError(f"{path}:{line}: YAML value error: {_shorten(reason)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level, got {_type_name(data)}")
+    lines = builder.lines
     r = _Reader(path, data, lines)
-    for dotted, line, first in duplicates:
-        r.problems.append(f"{path}:{line}: {dotted}: duplicate key (first given on line {first}); give it once")
+    for dotted, line, first in builder.duplicates:
+        r.problem(dotted, f"duplicate key (first given on line {first}); give it once", line=line)
     r.section("", ("title", "model", "data", "run", "kernels", "feature_maps", "cams", "filters", "report"))
     title = r.get("title", str, f"reportgen: {path.stem}")
     model = _read_model(r)
@@ -550,7 +750,7 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     )
     r.problems.extend(_placement(output, cache_dir, data_path, path, model, r.where))
     if r.problems:
-        raise ConfigError(r.problems)
+        raise ConfigError(r.problems, source=path, more=r.more)
     assert model is not None and data_path is not None  # guaranteed when no problem was recorded
     return RunConfig(
         path=path,
@@ -576,25 +776,30 @@ def _read_params(r: _Reader, methods: tuple[str, ...]) -> dict[str, dict[str, An
     known = tuple(s.name for s in list_methods("cam"))
     raw = r.section("cams.params", known)
     out: dict[str, dict[str, Any]] = {}
+    unused: list[str] = []  # blocks of methods not chosen: one config template serves several models
     for name, value in raw.items():
         if name not in known:
             continue
         if not get_method(name).params:
             r.problem(f"cams.params.{name}", f"{name} takes no parameters")
-        elif name not in methods:
-            r.problem(f"cams.params.{name}", f"parameters for {name!r}, which is not in cams.methods")
         elif value is not None and not isinstance(value, dict):
-            r.problem(f"cams.params.{name}", f"expected a mapping of parameter names to values, got {value!r}")
-    for method in methods:
+            r.problem(f"cams.params.{name}", f"expected a mapping of parameter names to values, got {_show(value)}")
+        elif name not in methods:
+            unused.append(name)
+            log.warning("%s: parameters for %s, which is not in cams.methods: checked, then ignored",
+                        r.where(f"cams.params.{name}"), name)
+    for method in (*methods, *unused):  # an unused block is checked too, so a typo in it shows now
         spec = get_method(method)
         if not spec.params:
             continue
         r.section(f"cams.params.{method}", tuple(p.name for p in spec.params))
-        out[method] = {
+        values = {
             p.name: r.get(f"cams.params.{method}.{p.name}", p.kind, p.default, minimum=p.minimum, maximum=p.maximum,
                           choices=p.choices)
             for p in spec.params
         }
+        if method in methods:
+            out[method] = values
     return out
 
 
@@ -606,7 +811,7 @@ def _read_filters(r: _Reader) -> FiltersConfig:
     channels: list[int] = []
     for i, c in enumerate(raw):
         if not isinstance(c, int) or isinstance(c, bool) or c < 0:
-            r.problem(f"filters.channels[{i}]", f"expected a channel index >= 0, got {c!r}")
+            r.problem(f"filters.channels[{i}]", f"expected a channel index >= 0, got {_show(c)}")
         else:
             channels.append(c)
     if layers and not raw:
@@ -627,7 +832,7 @@ def _read_filters(r: _Reader) -> FiltersConfig:
 def _device_check(value: str) -> str | None:
     if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:") and value[5:].isdigit():
         return None
-    return f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}"
+    return f"expected auto, cpu, cuda, cuda:N or mps, got {_show(value)}"
 
 
 def _colormap_check(value: str) -> str | None:
@@ -635,4 +840,4 @@ def _colormap_check(value: str) -> str | None:
 
     if value in matplotlib.colormaps:
         return None
-    return f"unknown colormap {value!r}" + _suggest(value, tuple(matplotlib.colormaps))
+    return f"unknown colormap {_show(value)}" + _suggest(value, tuple(matplotlib.colormaps))

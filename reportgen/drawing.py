@@ -1,13 +1,17 @@
 """Turn one image's results into figure files, its raw-maps file, and the plain-data entry the report reads.
 
 Takes only numpy-convertible tensors and plain values, so it can run in a worker process. Figures are JPEG
-files under ``assets/``; raw maps go to ``maps/<image id>.safetensors`` so any figure can be re-plotted.
+files under ``assets/``; raw maps go to ``maps/<image id>.safetensors`` so any figure can be re-plotted. Every
+file name is built from bounded ASCII parts (the image id, ``reportgen.names.file_part`` of a layer name), so
+none passes the 255-byte limit whatever the image or layer is called. An image whose files cannot be written for
+any other reason than a full disk raises ``ImageNotWritten``: that image is skipped, the run goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,16 +31,23 @@ from reportgen.figures import (
     with_colorbar,
 )
 from reportgen.images import ImageRecord
+from reportgen.names import file_part
 from reportgen.tensorfile import write_tensors
 
-__all__ = ["draw_image", "draw_kernels", "draw_filters"]
+__all__ = ["draw_image", "draw_kernels", "draw_filters", "ImageNotWritten"]
+
+# A full disk (or file-size limit, or quota) ends the run: every later image would fail the same way.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class ImageNotWritten(Exception):
+    """One image's figures or raw maps could not be written (for any reason but a full disk); the message is the
+    reason the report gives for skipping it. Its files written so far are removed."""
 
 
 def _file_part(name: str) -> str:
-    """A layer name as part of a file name: qualified module names are dotted words, but a model may register a
-    submodule under any string, so anything else (``/``, ``..``) is replaced and no asset can leave its folder."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".")
-    return safe or "_"
+    """A layer name as part of a file name (``reportgen.names.file_part``): bounded, ASCII, never leaves its folder."""
+    return file_part(name)
 
 
 def _save(img: Image.Image, root: Path, rel: str) -> dict:
@@ -46,10 +57,12 @@ def _save(img: Image.Image, root: Path, rel: str) -> dict:
 
 def _save_maps(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
     """The image's raw maps as safetensors, the same bytes on every run (the staging folder is published whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_tensors(path, tensors, meta)
     except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise  # this image alone: see draw_image
         raise RenderError(f"cannot write the report's {path.parent.name}/{path.name}: {describe_os_error(exc)}") from exc
 
 
@@ -96,6 +109,22 @@ def _cam_panels(root: Path, base: str, display: np.ndarray, box: tuple[int, int,
     ]
 
 
+def _not_written(root: Path, rec: ImageRecord, exc: OSError) -> ImageNotWritten:
+    """Remove what one image's drawing wrote; the reason it is skipped, naming the file (in the report) that failed."""
+    shutil.rmtree(root / "assets" / "images" / rec.id, ignore_errors=True)
+    try:
+        (root / "maps" / f"{rec.id}.safetensors").unlink(missing_ok=True)
+    except OSError:
+        pass
+    where = ""
+    if exc.filename:
+        try:
+            where = Path(exc.filename).relative_to(root).as_posix()
+        except ValueError:
+            where = Path(exc.filename).name
+    return ImageNotWritten(f"cannot write its figures: {exc.strerror or exc}" + (f" ({where})" if where else ""))
+
+
 def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], display: np.ndarray,
                box: tuple[int, int, int, int], class_names: Sequence[str], opts: ReportOptions, true_index: int | None,
                cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str],
@@ -104,7 +133,25 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
 
     Args:
         cam_methods: (name, title, needs_layer) per CAM/saliency method, in config order.
+
+    Raises:
+        ImageNotWritten: a file of this image could not be written (e.g. a name the file system refuses); its
+            files are removed and the run skips it.
+        OSError, RenderError: the disk is full: the run cannot go on.
     """
+    try:
+        return _draw_image(root, rec, results, display, box, class_names, opts, true_index, cam_methods,
+                           cam_layers, fm_layers)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise
+        raise _not_written(root, rec, exc) from exc
+
+
+def _draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], display: np.ndarray,
+                box: tuple[int, int, int, int], class_names: Sequence[str], opts: ReportOptions,
+                true_index: int | None, cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str],
+                fm_layers: Sequence[str]) -> dict:
     base = f"assets/images/{rec.id}"
     raw: dict[str, np.ndarray] = {}
 
@@ -115,7 +162,7 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
     raw["logits"] = logits
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    top = np.argsort(-probs, kind="stable")[:5]
+    top = np.argsort(-logits, kind="stable")[:5]  # rank logits: probabilities can tie in float32 (cam.resolve_targets)
     predictions = [{"rank": r + 1, "class_index": int(c), "class_name": name(int(c)), "prob": round(float(probs[c]), 4)}
                    for r, c in enumerate(top)]
     entry = {

@@ -5,12 +5,14 @@ spawned processes (numpy + Pillow only: they never import torch), so drawing and
 with the model's next batch instead of following it; on a GPU that keeps the device busy. Workers start when
 the run starts (their start-up overlaps with loading the model), each receives the run's fixed drawing
 context once, and at most ``2 x workers`` images wait for a worker at any time, so memory does not grow with
-the folder. A worker dies with its run (``PR_SET_PDEATHSIG``), even when the run is killed.
+the folder. A worker dies with its run (``PR_SET_PDEATHSIG``), even when the run is killed. An image whose files
+cannot be written (``drawing.ImageNotWritten``) is listed in ``Drawer.skipped`` with its reason; the others go on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import sys
@@ -25,9 +27,11 @@ import numpy as np
 
 from reportgen.atomic import die_with_parent
 from reportgen.config import ReportOptions
-from reportgen.images import ImageRecord
+from reportgen.images import ImageRecord, Skipped
 
 __all__ = ["DrawContext", "Drawer"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,17 +57,21 @@ def _init_worker(ctx: DrawContext, parent_pid: int) -> None:
 
 
 def _draw(ctx: DrawContext, rec: ImageRecord, found: dict, display: np.ndarray, box: tuple,
-          true_index: int | None) -> tuple[dict, float]:
-    from reportgen.drawing import draw_image
+          true_index: int | None) -> tuple[dict | None, float, str | None]:
+    """(entry, seconds, None), or (None, seconds, why) when the image's files could not be written."""
+    from reportgen.drawing import ImageNotWritten, draw_image
 
     t0 = time.perf_counter()
-    entry = draw_image(ctx.root, rec, found, display, box, ctx.class_names, ctx.opts, true_index, ctx.cam_methods,
-                       ctx.cam_layers, ctx.fm_layers)
-    return entry, time.perf_counter() - t0
+    try:
+        entry = draw_image(ctx.root, rec, found, display, box, ctx.class_names, ctx.opts, true_index,
+                           ctx.cam_methods, ctx.cam_layers, ctx.fm_layers)
+    except ImageNotWritten as exc:
+        return None, time.perf_counter() - t0, str(exc)
+    return entry, time.perf_counter() - t0, None
 
 
 def _draw_in_worker(rec: ImageRecord, found: dict, display: np.ndarray, box: tuple,
-                    true_index: int | None) -> tuple[dict, float]:
+                    true_index: int | None) -> tuple[dict | None, float, str | None]:
     assert _context is not None, "worker started without its drawing context"
     return _draw(_context, rec, found, display, box, true_index)
 
@@ -95,20 +103,22 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 class Drawer:
-    """Draws images as they come; ``finish`` returns every entry by record index.
+    """Draws images as they come; ``finish`` returns every entry by record index, and ``skipped`` lists the
+    images whose files could not be written, with the reason.
 
     Args:
         on_drawn: called in this process with (record index, entry) once per finished image (figure cache,
-            progress bar, crash-test fail point).
+            progress bar, crash-test fail point); not for a skipped one.
     """
 
     def __init__(self, ctx: DrawContext, workers: int, on_drawn: Callable[[int, dict], None] = lambda i, e: None):
         self.ctx = ctx
         self.on_drawn = on_drawn
         self.entries: dict[int, dict] = {}
+        self.skipped: list[Skipped] = []
         self.draw_seconds = 0.0  # time spent drawing (summed over the workers)
         self.wait_seconds = 0.0  # time this process spent on drawing: all of it inline, else waiting for workers
-        self._pending: deque[tuple[int, Future]] = deque()
+        self._pending: deque[tuple[ImageRecord, Future]] = deque()
         self._limit = 2 * workers
         self._pool: ProcessPoolExecutor | None = None
         if workers > 0:
@@ -120,28 +130,32 @@ class Drawer:
 
     def submit(self, rec: ImageRecord, found: dict, display: np.ndarray, box: tuple, true_index: int | None) -> None:
         if self._pool is None:
-            entry, seconds = _draw(self.ctx, rec, found, display, box, true_index)
+            entry, seconds, why = _draw(self.ctx, rec, found, display, box, true_index)
             self.wait_seconds += seconds
-            self._done(rec.index, entry, seconds)
+            self._done(rec, entry, seconds, why)
             return
         self._collect(block=False)
         while len(self._pending) >= self._limit:
             self._collect(block=True)
-        self._pending.append((rec.index, self._pool.submit(_draw_in_worker, rec, found, display, box, true_index)))
+        self._pending.append((rec, self._pool.submit(_draw_in_worker, rec, found, display, box, true_index)))
 
-    def _done(self, index: int, entry: dict, seconds: float) -> None:
-        self.entries[index] = entry
+    def _done(self, rec: ImageRecord, entry: dict | None, seconds: float, why: str | None) -> None:
         self.draw_seconds += seconds
-        self.on_drawn(index, entry)
+        if entry is None:
+            log.warning("skipped %s: %s", rec.rel, why)
+            self.skipped.append(Skipped(rec.rel, why or "cannot write its figures"))
+            return
+        self.entries[rec.index] = entry
+        self.on_drawn(rec.index, entry)
 
     def _collect(self, block: bool) -> None:
         """Take finished images off the front of the queue (waiting for the first one if ``block``)."""
         while self._pending and (block or self._pending[0][1].done()):
-            index, future = self._pending.popleft()
+            rec, future = self._pending.popleft()
             t0 = time.perf_counter()
-            entry, seconds = future.result()  # a worker's exception is raised here
+            entry, seconds, why = future.result()  # a worker's exception is raised here
             self.wait_seconds += time.perf_counter() - t0
-            self._done(index, entry, seconds)
+            self._done(rec, entry, seconds, why)
             block = False
 
     def finish(self) -> dict[int, dict]:

@@ -6,6 +6,8 @@ what was found, and where (file:line and dotted key, image path, layer name).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "ReportgenError",
     "UsageError",
@@ -31,13 +33,30 @@ class UsageError(ReportgenError):
 
 
 class ConfigError(ReportgenError):
-    """A config failed validation. ``problems`` holds one line per problem, all reported at once."""
+    """A config failed validation. ``problems`` holds one line per problem, all reported at once.
+
+    The report is bounded, so a config with a million mistakes prints a screenful, not megabytes: the first
+    ``MAX_PROBLEMS`` problems are kept, each cut to ``MAX_LINE`` characters, then one line counting the rest
+    (those not kept here plus ``more`` that the caller already left out), prefixed with ``source`` when given.
+    """
 
     exit_code = 2
+    MAX_PROBLEMS = 20
+    MAX_LINE = 1000
 
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
+    def __init__(self, problems: Iterable[str] | str, *, source: object = None, more: int = 0):
+        kept: list[str] = []
+        for problem in [problems] if isinstance(problems, str) else problems:
+            if len(kept) < self.MAX_PROBLEMS:
+                kept.append(problem if len(problem) <= self.MAX_LINE else problem[: self.MAX_LINE - 1] + "…")
+            else:
+                more += 1
+        if more:
+            prefix = f"{source}: " if source is not None else ""
+            kept.append(f"{prefix}... and {more} more problem{'s' if more != 1 else ''}")
+        self.problems = kept
+        self.more = more
+        super().__init__("\n".join(kept))
 
 
 class DataError(ReportgenError):

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def _drawing_code_digest() -> str:
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for name in ("drawing.py", "figures.py", "tensorfile.py", "figcache.py"):
+    for name in ("drawing.py", "figures.py", "tensorfile.py", "figcache.py", "names.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()
 

@@ -2,8 +2,9 @@
 
 A folder is walked recursively in sorted order. A file inside a subfolder takes the subfolder's name as its
 label (torchvision's ImageFolder convention, first level under the root); files at the root are unlabelled.
-A file that cannot be read or decoded, a folder that cannot be listed, and a symbolic link that leads to no file
-(missing target, loop) are skipped with their reason and the run goes on.
+A file that cannot be read or decoded, a folder that cannot be listed, a symbolic link that leads to no file
+(missing target, loop), and an image-named FIFO, socket or device (never opened) are skipped with their reason and
+the run goes on. File names may hold any bytes: see ``reportgen.names``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from PIL import Image, ImageOps
 
 from reportgen.errors import DataError
 from reportgen.modelcard import Preprocess
+from reportgen.names import readable, shorten
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "Skipped", "discover", "decode", "crop_box", "display_image"]
 
@@ -28,7 +31,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image file. ``id`` is unique in the run, stable, and safe in file names and URLs."""
+    """One image file. ``path`` opens it; ``rel`` (its path under the folder) and ``label`` are for display: any
+    byte of its name that is not UTF-8 shows as ``\\xNN``. ``id`` is unique in the run, stable, ASCII, at most
+    ~70 characters (a long name is cut and hashed), and safe in file names and URLs."""
 
     index: int
     path: Path
@@ -40,8 +45,15 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Skipped:
+    """A file left out of the report, and why. Both texts are made readable (see ``ImageRecord``) when made, so
+    whatever a reason quotes (a file name in a decoder's message) can be written anywhere."""
+
     rel: str
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rel", readable(self.rel))
+        object.__setattr__(self, "reason", readable(self.reason))
 
 
 def _slug(text: str) -> str:
@@ -62,6 +74,35 @@ def _link_problem(path: Path) -> str | None:
             return "broken symbolic link"
         return f"cannot follow symbolic link: {exc.strerror or exc}"
     return None
+
+
+_KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def _not_regular(mode: int) -> str:
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    return f"not a regular file ({kind})"
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a regular file's bytes. Anything else (a FIFO named ``*.jpg``, a socket, a device) is refused
+    from its ``stat`` without being opened: opening a FIFO for reading waits for a writer, forever. The file is
+    opened non-blocking and checked again, in case it was swapped for one since.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not a regular file (the message says what it is).
+    """
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(_not_regular(mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(_not_regular(mode))
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _candidates(root: Path) -> tuple[list[Path], list[Skipped]]:
@@ -91,19 +132,21 @@ def discover(root: Path, limit: int | None = None) -> tuple[list[ImageRecord], l
     used: set[str] = set()
     candidates, skipped = _candidates(root)
     for path in candidates:
-        rel = path.relative_to(root).as_posix()
+        real = path.relative_to(root).as_posix()
+        rel = readable(real)
         problem = _link_problem(path)
         if problem:
             skipped.append(Skipped(rel, problem))
             continue
-        if not path.is_file():
-            continue
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = _digest(path)
+        except ValueError as exc:
+            skipped.append(Skipped(rel, str(exc)))
+            continue
         except OSError as exc:
             skipped.append(Skipped(rel, f"cannot read file: {exc.strerror or exc}"))
             continue
-        base = _slug(rel)
+        base = shorten(_slug(rel), real)
         ident = base
         n = 2
         while ident in used:

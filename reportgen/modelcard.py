@@ -29,11 +29,46 @@ from pathlib import Path
 from reportgen.atomic import describe_os_error, replace_atomically
 from reportgen.config import ModelConfig
 from reportgen.errors import CacheError
+from reportgen.methods import get_method, list_methods
 
-__all__ = ["Preprocess", "LayerInfo", "ModelCard", "recipe_key", "read_card", "write_card", "label_names", "MODEL_SEED"]
+__all__ = [
+    "Preprocess",
+    "LayerInfo",
+    "ModelCard",
+    "recipe_key",
+    "read_card",
+    "write_card",
+    "label_names",
+    "MODEL_SEED",
+    "FILE_SOURCES",
+    "unsupported",
+    "source_problems",
+    "source_summary",
+]
 
 MODEL_SEED = 0  # random-init weights are drawn with this seed, so a model without weights is still repeatable
 _CARD_VERSION = 1
+FILE_SOURCES = ("torchscript", "export")  # sources whose ``name`` is a model file
+
+# Which sources serve which methods (README.md's table is this one). TorchScript modules take no hooks, so
+# only what needs none runs on them: kernels (weights), input gradients. An exported program runs as
+# torch.export.unflatten's module: hooks and gradients work on its submodules (same qualified names), but
+# its layers are graph modules, not nn.ReLU / nn.Conv2d / nn.BatchNorm2d instances.
+_HOOKLESS = ("kernels", "saliency", "smoothgrad", "integrated_gradients")
+_NO_HOOKS = ("a TorchScript module takes no forward or backward hooks "
+             "(register_forward_hook is not supported on ScriptModules)")
+_EXPORT_LIMITS = {
+    "guided_backprop": "guided backprop guides nn.ReLU modules, and an exported program's ReLUs are graph "
+                       "nodes, not nn.ReLU modules: it would give plain gradients",
+    "fullgrad": "FullGrad sums the bias gradients of Conv2d / BatchNorm modules, and an exported program's "
+                "layers are graph modules: every bias term would be missing",
+}
+_HINTS = {
+    "torchscript": "load the model from Python instead (model.source: factory, or timm / torchvision with "
+                   "model.weights), or save it with torch.export.save and use model.source: export",
+    "export": "load the model from Python for this method (model.source: factory, or timm / torchvision with "
+              "model.weights)",
+}
 
 
 @dataclass(frozen=True)
@@ -138,7 +173,7 @@ def recipe_key(cfg: ModelConfig) -> str | None:
     try:
         if cfg.weights is not None:
             parts["weights"] = _file_digest(cfg.weights)
-        if cfg.source == "torchscript":
+        if cfg.source in FILE_SOURCES:
             parts["file"] = _file_digest(cfg.name)
         if cfg.source == "factory":
             module_name, _, func_name = cfg.name.partition(":")
@@ -193,3 +228,71 @@ def label_names(spec: str | Path, num_classes: int) -> list[str]:
         names = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
     names = names[:num_classes]
     return names + [f"class {i}" for i in range(len(names), num_classes)]
+
+
+def unsupported(source: str, method: str) -> str | None:
+    """Why a model from ``source`` cannot serve ``method`` (a registry name, e.g. ``feature_maps``), or None."""
+    if source == "torchscript" and method not in _HOOKLESS:
+        return _NO_HOOKS
+    if source == "export":
+        return _EXPORT_LIMITS.get(method)
+    return None
+
+
+def source_summary(source: str, layers: dict[str, LayerInfo] | None = None) -> str | None:
+    """One line on what a model from a limited source can run (and, given its layers, which are split), or None."""
+    names = [m.name for m in list_methods()]
+    refused = [m for m in names if unsupported(source, m)]
+    if not refused:
+        return None
+    if source == "torchscript":
+        line = (f"a TorchScript model runs only {', '.join(m for m in names if m not in refused)} "
+                f"(no hooks on ScriptModules; layer output shapes unknown)")
+    else:
+        line = f"an exported program runs every method but {' and '.join(refused)}"
+        split = sorted(name for name in layers or {} if "@" in name)
+        if split:
+            line += (f"; torch.export.unflatten split modules called more than once with different graphs "
+                     f"({', '.join(split[:5])}{' ...' if len(split) > 5 else ''}): their layers cannot be hooked")
+    return line
+
+
+def _base_name(name: str) -> str:
+    """``block@1.conv`` → ``block.conv``: torch.export.unflatten names a module's later calls ``name@N``."""
+    return ".".join(part.split("@", 1)[0] for part in name.split("."))
+
+
+def _split_layer(name: str, layers: dict[str, LayerInfo]) -> str | None:
+    """Why hooks on layer ``name`` of an unflattened exported program would not see what they see eagerly."""
+    if "@" in name:
+        return (f"layer {name!r} is a copy torch.export.unflatten made for a later call of "
+                f"{_base_name(name)!r}, not a layer of the model")
+    copies = [other for other in layers if other != name and _base_name(other) == name]
+    if copies:
+        return (f"layer {name!r} is called more than once with different graphs; torch.export.unflatten splits it "
+                f"into {name!r} and {', '.join(repr(c) for c in copies)}, so a hook on it would see only its first "
+                "call: choose another layer, or load the model from Python (model.source: factory)")
+    return None
+
+
+def source_problems(cfg, layers: dict[str, LayerInfo]) -> list[str]:
+    """One config-error line (``FILE:LINE: key: what``) per requested method or layer the model source cannot serve.
+
+    ``cfg`` is a ``RunConfig``; ``layers`` the model card's. Only ``torchscript`` and ``export`` have limits.
+    """
+    source = cfg.model.source
+    if source not in FILE_SOURCES:
+        return []
+    wanted = [("kernels.layers", "kernels", bool(cfg.kernels.layers)),
+              ("feature_maps.layers", "feature_maps", bool(cfg.feature_maps.layers)),
+              ("filters.layers", "activation_max", bool(cfg.filters.layers))]
+    wanted += [(f"cams.methods[{i}]", m, True) for i, m in enumerate(cfg.cams.methods)]
+    problems = [f"{cfg.where(key)}: {method} cannot run on a {source} model: {why}; {_HINTS[source]}"
+                for key, method, asked in wanted if asked and (why := unsupported(source, method))]
+    if source == "export":
+        layered = any(get_method(m).needs_layer for m in cfg.cams.methods)
+        sections = (("feature_maps.layers", cfg.feature_maps.layers), ("filters.layers", cfg.filters.layers),
+                    ("cams.layers", cfg.cams.layers if layered else ()))
+        problems += [f"{cfg.where(f'{key}[{i}]')}: {why}" for key, names in sections
+                     for i, name in enumerate(names) if (why := _split_layer(name, layers))]
+    return problems

@@ -75,20 +75,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
-    """``timm:resnet18``, ``torchvision:resnet18``, ``factory:pkg.mod:fn`` or a ``.pt`` TorchScript path → (source, name)."""
+    """``timm:NAME``, ``torchvision:NAME``, ``factory:pkg.mod:fn``, ``export:FILE``, ``torchscript:FILE``, or the
+    path of a ``.pt2`` exported program (``torch.export.save``) or a ``.pt``/``.pth``/``.ts`` TorchScript file
+    → (source, name)."""
     source, sep, name = spec.partition(":")
-    if sep and source in ("timm", "torchvision", "factory", "torchscript"):
+    if sep and source in ("timm", "torchvision", "factory", "torchscript", "export"):
         return source, name
+    if spec.endswith(".pt2") and Path(spec).is_file():
+        return "export", spec
     if spec.endswith((".pt", ".pth", ".ts")) and Path(spec).is_file():
         return "torchscript", spec
     raise ModelError(
-        f"cannot read model spec {spec!r}: expected timm:NAME, torchvision:NAME, factory:package.module:function "
-        "or the path of a TorchScript file"
+        f"cannot read model spec {spec!r}: expected timm:NAME, torchvision:NAME, factory:package.module:function, "
+        "the path of an exported program (.pt2, saved with torch.export.save) or of a TorchScript file"
     )
 
 
-def _build(source: str, name: str, num_classes: int | None, device: torch.device) -> nn.Module:
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+def _build(cfg: ModelConfig, device: torch.device) -> nn.Module:
+    source, name = cfg.source, cfg.name
+    kwargs = {} if cfg.num_classes is None else {"num_classes": cfg.num_classes}
     try:
         if source == "timm":
             import timm
@@ -109,6 +114,10 @@ def _build(source: str, name: str, num_classes: int | None, device: torch.device
             with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it still loads fine
                 warnings.simplefilter("ignore", FutureWarning)
                 return torch.jit.load(name, map_location=device)
+        if source == "export":
+            from reportgen.exported import load_exported
+
+            return load_exported(Path(name), device, size=cfg.preprocess.size, allow_pickle=cfg.allow_pickle)
         if source == "factory":
             module_name, _, func_name = name.partition(":")
             try:
@@ -235,18 +244,34 @@ def _resolve_preprocess(model: nn.Module, cfg: PreprocessConfig) -> Preprocess:
     )
 
 
+def _probe(model: nn.Module, size: tuple[int, int], device: torch.device) -> object:
+    """The model's output for one zero image of ``size``; any failure is a ``ModelError`` saying so."""
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(1, 3, *size, device=device))
+    except Exception as exc:  # a model's forward can fail in any way (a wrong input size, a device mismatch)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ModelError(f"the model failed on a zero input of shape 1x3x{size[0]}x{size[1]}: "
+                         f"{type(exc).__name__}: {first}") from exc
+
+
 def _num_classes(model: nn.Module, preprocess: Preprocess, device: torch.device) -> int:
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, *preprocess.size, device=device))
+    out = _probe(model, preprocess.size, device)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"expected the model to return logits of shape (N, classes), got {shape}")
     return int(out.shape[1])
 
 
+def _type_name(module: nn.Module) -> str:
+    """The module's class name; TorchScript modules (and exported programs' graph modules, see
+    ``reportgen.exported``) keep the original one in ``original_name``."""
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
 def _is_conv2d(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
-    kind = getattr(module, "original_name", type(module).__name__)  # TorchScript keeps the class name here
+    kind = _type_name(module)
     return isinstance(module, nn.Conv2d) or (kind == "Conv2d" and isinstance(weight, torch.Tensor) and weight.ndim == 4)
 
 
@@ -258,7 +283,7 @@ def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
             continue
         weight = getattr(module, "weight", None)
         shape = tuple(int(d) for d in weight.shape) if isinstance(weight, torch.Tensor) else None
-        out[name] = LayerInfo(getattr(module, "original_name", type(module).__name__), _is_conv2d(module), shape)
+        out[name] = LayerInfo(_type_name(module), _is_conv2d(module), shape)
     return out
 
 
@@ -269,6 +294,8 @@ def _weights_source(cfg: ModelConfig) -> str:
         return f"set by the factory {cfg.name}"
     if cfg.source == "torchscript":
         return f"inside the TorchScript file {cfg.name}"
+    if cfg.source == "export":
+        return f"inside the exported program {cfg.name}"
     return f"none: random initialisation (seed {MODEL_SEED}, no weights file given)"
 
 
@@ -285,7 +312,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", *, channels
     dev = resolve_device(device) if isinstance(device, str) else device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(MODEL_SEED)
-        module = _build(cfg.source, cfg.name, cfg.num_classes, dev)
+        module = _build(cfg, dev)
     if cfg.weights is not None:
         _load_weights(module, cfg.weights, allow_pickle=cfg.allow_pickle)
     digest = weights_digest(module)
@@ -297,7 +324,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", *, channels
     classes = cfg.num_classes or getattr(module, "num_classes", None)
     if not isinstance(classes, int) or classes <= 0:
         classes = _num_classes(module, preprocess, dev)
-    name = Path(cfg.name).name if cfg.source == "torchscript" else cfg.name.rsplit(":", 1)[-1]
+    name = Path(cfg.name).name if cfg.source in ("torchscript", "export") else cfg.name.rsplit(":", 1)[-1]
     card = ModelCard(
         name=name,
         source=cfg.source,
@@ -323,7 +350,11 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def layer_table(model: nn.Module, size: tuple[int, int], device: torch.device) -> Iterator[tuple[str, str, str]]:
-    """(qualified name, module type, output shape for one input) for every named submodule, in call order."""
+    """(qualified name, module type, output shape for one input) for every named submodule, in call order.
+
+    A TorchScript module takes no hooks: its layers are listed in definition order with shape ``-``. A model
+    that fails on the probe input raises ``ModelError``.
+    """
     shapes: dict[str, str] = {}
     handles = []
 
@@ -337,14 +368,14 @@ def layer_table(model: nn.Module, size: tuple[int, int], device: torch.device) -
         return fn
 
     named = [(n, m) for n, m in model.named_modules() if n]
-    try:
-        for name, module in named:
-            handles.append(module.register_forward_hook(hook(name)))
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    if not isinstance(model, torch.jit.ScriptModule):
+        try:
+            for name, module in named:
+                handles.append(module.register_forward_hook(hook(name)))
+            _probe(model, size, device)
+        finally:
+            for handle in handles:
+                handle.remove()
     order = {name: i for i, name in enumerate(shapes)}
     for name, module in sorted(named, key=lambda nm: order.get(nm[0], len(order))):
-        yield name, type(module).__name__, shapes.get(name, "-")
+        yield name, _type_name(module), shapes.get(name, "-")

@@ -27,6 +27,7 @@ from markupsafe import Markup
 
 from reportgen import failpoints
 from reportgen.errors import RenderError
+from reportgen.names import readable
 
 __all__ = ["render_html", "render_pdf", "PdfJob"]
 
@@ -175,7 +176,8 @@ def render_html(context: dict, out_dir: Path) -> Path:
     Autoescaping is on and undefined names are errors (``StrictUndefined``): a missing key raises ``RenderError``
     naming it. ``report.css`` is inlined into a ``<style>`` element; asset paths in the context (``image``,
     ``thumb``, ``maps_file``) must be relative to ``out_dir`` and are emitted as percent-encoded relative URLs.
-    The file is written atomically.
+    The file is written atomically, as UTF-8: any lone surrogate left in a value (the undecodable bytes of a file
+    name, e.g. in the config's or data folder's path) is shown as ``\\xNN`` instead of failing the write.
     """
     out_dir = Path(out_dir)
     try:
@@ -201,7 +203,7 @@ def render_html(context: dict, out_dir: Path) -> Path:
     html_path = out_dir / HTML_NAME
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(html_path, html)
+        _write_atomic(html_path, readable(html))  # a path or name with undecodable bytes shows them as \xNN
     except OSError as exc:
         raise RenderError(f"cannot write {html_path}: {exc}") from exc
     return html_path

@@ -35,7 +35,8 @@ from reportgen.errors import ConfigError, DataError, ModelError, RenderError, Us
 from reportgen.figcache import FigureStore, figure_key
 from reportgen.images import IMAGE_EXTENSIONS, ImageRecord, Skipped, decode, discover, display_image
 from reportgen.methods import get_method
-from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, write_card
+from reportgen.modelcard import LayerInfo, ModelCard, label_names, read_card, recipe_key, source_problems, write_card
+from reportgen.names import readable_data
 from reportgen.outfolder import check_replaceable, new_run_id, placement_problems, write_marker
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def check_layers(cfg: RunConfig, layers: dict[str, LayerInfo]) -> list[str]:
             where = cfg.where(f"{key}[{i}]")
             info = layers.get(name)
             if info is None:
-                hint = close_matches(name, names_in_model)
+                # past the problems ConfigError shows, only the count matters: skip the costly search
+                hint = close_matches(name, names_in_model) if len(problems) < ConfigError.MAX_PROBLEMS else []
                 problems.append(f"{where}: no layer named {name!r}"
                                 + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""))
             elif key == "kernels.layers" and not info.conv2d:
@@ -158,7 +160,7 @@ def prepare(cfg: RunConfig) -> ModelHandle:
         handle = ModelHandle(cfg)
     except ModelError as exc:
         raise ConfigError(f"{cfg.where('model')}: {exc}") from exc
-    problems = check_layers(cfg, handle.card.layers)
+    problems = check_layers(cfg, handle.card.layers) + source_problems(cfg, handle.card.layers)
     if problems:
         raise ConfigError(problems)
     return handle
@@ -548,6 +550,7 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
             for rec, found, display, box in stream:
                 drawer.submit(rec, found, display, box, label_index(rec.label, model.labels))
         entries = {**restored, **drawer.finish()}
+        skipped.extend(drawer.skipped)  # images whose files could not be written (e.g. a name the disk refuses)
         stats.seconds["draw"] = drawer.draw_seconds
         stats.seconds["draw_wait"] += drawer.wait_seconds
         bar.close()
@@ -577,7 +580,8 @@ def run(cfg: RunConfig, *, force: bool = False, progress: bool = False, model: M
             stats.seconds["pdf"] = time.perf_counter() - t0
         stats.duration_s = time.perf_counter() - t_start
         context["run"]["duration_s"] = round(stats.duration_s, 2)
-        manifest = {**context, "run_id": run_id, "stats": asdict(stats), "cache_dir": str(cfg.run.cache_dir)}
+        manifest = readable_data({**context, "run_id": run_id, "stats": asdict(stats),
+                                  "cache_dir": str(cfg.run.cache_dir)})  # undecodable bytes in a name as \xNN
         write_marker(staging, __version__, also=("manifest.json",))
         tmp = staging / ".manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

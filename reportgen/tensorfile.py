@@ -4,7 +4,9 @@ The safetensors library stores its string metadata in a hash map whose order cha
 next, so the same arrays and metadata gave files with different bytes. This writer emits the same format
 (8-byte little-endian header length, JSON header padded with spaces to a multiple of 8, then the raw arrays) with
 the metadata and the tensors in a fixed order: widest dtype first, then by name, as the library does, so every
-array stays aligned for zero-copy reading. Files are read back with ``safetensors`` as before.
+array stays aligned for zero-copy reading. Files are read back with ``safetensors`` as before. Names and metadata
+are written as UTF-8: a string holding lone surrogates (a file name's undecodable bytes, as Python gives them) is
+written with each such byte as ``\\xNN`` (``reportgen.names.readable``) rather than refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from reportgen.names import readable
 
 __all__ = ["write_tensors"]
 
@@ -40,10 +44,10 @@ def write_tensors(path: str | Path, arrays: Mapping[str, np.ndarray], metadata: 
             a = a.astype(a.dtype.newbyteorder("<"))
         if a.dtype not in _DTYPES:
             raise ValueError(f"cannot store {name!r} of dtype {a.dtype} in a safetensors file")
-        prepared[name] = a
+        prepared[readable(str(name))] = a
     header: dict[str, object] = {}
     if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+        header["__metadata__"] = {readable(str(k)): readable(str(v)) for k, v in sorted(metadata.items())}
     offset = 0
     order = sorted(prepared, key=lambda n: (-prepared[n].dtype.itemsize, n))
     for name in order:

@@ -8,7 +8,7 @@ import torch
 
 from reportgen.errors import MethodError
 from reportgen.hooks import borrowed, capture, model_state
-from reportgen.methods.cam import CAM_FORMULAS, gradient_cams, resolve_targets
+from reportgen.methods.cam import CAM_FORMULAS, gradient_cams, gradient_formula, resolve_targets
 
 METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 
@@ -64,8 +64,8 @@ def _reference(model, x, layer, cls):
     pre = {}  # each map before its final ReLU
     pre["gradcam"] = np.einsum("c,chw->hw", g.mean(axis=(1, 2)), a)
     g2, g3 = g**2, g**3
-    denom = 2 * g2 + a.sum(axis=(1, 2))[:, None, None] * g3 + 1e-7
-    alpha = np.where(g != 0, g2 / denom, 0.0)
+    denom = 2 * g2 + a.sum(axis=(1, 2))[:, None, None] * g3  # the paper's alpha: no epsilon (docs/METHODS.md)
+    alpha = np.where(denom != 0, g2 / np.where(denom != 0, denom, 1.0), 0.0)
     pre["gradcampp"] = np.einsum("c,chw->hw", (relu(g) * alpha).sum(axis=(1, 2)), a)
     w = (g * a / (a.sum(axis=(1, 2))[:, None, None] + 1e-7)).sum(axis=(1, 2))
     pre["xgradcam"] = np.einsum("c,chw->hw", w, a)
@@ -130,10 +130,82 @@ def test_resolve_targets_kinds():
         resolve_targets(logits, "true", labels=[1])
 
 
+def test_resolve_targets_bounds_defaults_and_names():
+    """The edges of every kind (found by mutation testing: each line here kills a mutant that survived)."""
+    logits = torch.tensor([[0.1, 2.0, 0.3], [3.0, 0.0, 1.0]])
+    t, kinds = resolve_targets(logits, "topk")  # top_k defaults to 1
+    assert t.tolist() == [[1], [0]] and kinds == [["top-1"], ["top-1"]]
+    t, kinds = resolve_targets(logits, "topk", top_k=3)  # as many as the model has classes
+    assert t.tolist() == [[1, 2, 0], [0, 2, 1]] and kinds == [["top-1", "top-2", "top-3"]] * 2
+    tied = torch.zeros(1, 40)
+    assert resolve_targets(tied, "topk", top_k=40)[0].tolist() == [list(range(40))]  # ties by class index
+    for index in (0, 2):
+        t, kinds = resolve_targets(logits, "class", class_index=index)
+        assert t.tolist() == [[index], [index]] and t.dtype == torch.long and kinds == [["class"], ["class"]]
+    with pytest.raises(MethodError, match="target class 3 is out of range for a model with 3 classes"):
+        resolve_targets(logits, "class", class_index=3)
+    with pytest.raises(MethodError, match="target class None"):
+        resolve_targets(logits, "class")
+    t, kinds = resolve_targets(logits, "true", labels=[0, 2])
+    assert t.tolist() == [[0], [2]] and kinds == [["true"], ["true"]]
+    t, kinds = resolve_targets(logits, "true", labels=[3, -1])  # outside the model's classes: the prediction
+    assert t.tolist() == [[1], [0]] and kinds == [["predicted (no label)"]] * 2
+    with pytest.raises(MethodError, match="unknown target kind 'best'"):
+        resolve_targets(logits, "best")
+
+
+def test_gradient_formula_lookup():
+    from reportgen.methods.eigen import eigencam, eigengradcam
+
+    assert gradient_formula("gradcam") is CAM_FORMULAS["gradcam"]  # no eigen-smoothing unless asked
+    assert gradient_formula("gradcam", eigen_smooth=True) is not CAM_FORMULAS["gradcam"]
+    assert gradient_formula("eigencam") is eigencam and gradient_formula("eigengradcam") is eigengradcam
+    with pytest.raises(MethodError, match=r"unknown gradient CAM method 'nope'; expected one of gradcam, "
+                                          r"gradcampp, xgradcam, hirescam, layercam, eigencam, eigengradcam$"):
+        gradient_formula("nope")
+
+
+def test_gradcampp_guards_only_zero_denominators_worked_out_by_hand():
+    """alpha = 1 / (2 + sum_hw(A) G) where G != 0 and the denominator is not 0; 0 elsewhere.
+
+    Channel 0: A = [-1, -1] (sum -2), G = [1, 1]: denominator 2 - 2 = 0, so alpha = 0 and weight 0.
+    Channel 1: A = [1, 3] (sum 4), G = [1, 0.5]: alpha = [1/6, 1/4]; weight = 1/6 + 0.5/4 = 7/24.
+    Map: relu(0 * A0 + 7/24 * A1) = [7/24, 7/8].
+    """
+    a = torch.tensor([[-1.0, -1.0], [1.0, 3.0]]).view(1, 2, 1, 2)
+    g = torch.tensor([[1.0, 1.0], [1.0, 0.5]]).view(1, 2, 1, 2)
+    got = CAM_FORMULAS["gradcampp"](a, g)
+    assert torch.allclose(got, torch.tensor([[[7 / 24, 7 / 8]]]), rtol=1e-6), got
+
+
+def test_xgradcam_divides_by_the_channel_sum_plus_epsilon():
+    """A channel whose values sum to 0 gets weight sum(G A) / 1e-7: its sign is kept (A = [1, -1], G = [1, 0])."""
+    a = torch.tensor([1.0, -1.0]).view(1, 1, 1, 2)
+    g = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    got = CAM_FORMULAS["xgradcam"](a, g)
+    assert torch.allclose(got, torch.tensor([[[1e7, 0.0]]]), rtol=1e-5), got
+
+
+def test_eigencam_alone_runs_no_backward_pass(tiny_model):
+    """need_gradients=False: G is zeros and the graph is never used; the maps equal those of a run with G."""
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with borrowed(tiny_model), capture(tiny_model, ["features.5"], grad=True) as caught:
+        with torch.enable_grad():
+            logits = tiny_model(x)
+        targets = torch.tensor([[1, 2], [3, 4]])
+        acts = {"features.5": caught["features.5"]}
+        without = gradient_cams(logits, acts, targets, ["eigencam"], need_gradients=False)
+        assert logits.grad_fn is not None
+        with_g = gradient_cams(logits, acts, targets, ["eigencam"])
+    got, want = without[("features.5", "eigencam")], with_g[("features.5", "eigencam")]
+    assert got.shape == (2, 2, 8, 8) and float(got.max()) > 0
+    assert torch.allclose(got, want)
+
+
 def test_target_rows_must_match_batch(tiny_model):
     x = torch.randn(2, 3, 16, 16)
-    with pytest.raises(MethodError, match="one target row per image"):
-        _cams(tiny_model, x, ["features.5"], ["gradcam"], targets=torch.tensor([[1]]))
+    with pytest.raises(MethodError, match=r"expected one target row per image \(2\), got 3$"):
+        _cams(tiny_model, x, ["features.5"], ["gradcam"], targets=torch.tensor([[1, 2], [3, 4], [5, 6]]))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -86,13 +86,19 @@ def test_matches_pytorch_grad_cam_on_a_tiny_net_at_odd_size(tiny_model):
         np.testing.assert_allclose(got, ref[i, 0], atol=1e-3)
 
 
-def test_bias_layers_are_exact_conv_and_batchnorm_types_with_a_bias():
-    class BNAct(nn.BatchNorm2d):  # like timm's BatchNormAct2d: not taken, as in pytorch-grad-cam
+def test_bias_layers_are_conv_and_batchnorm_layers_with_a_bias_subclasses_included():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    class BNAct(nn.BatchNorm2d):  # like timm's BatchNormAct2d: taken (pytorch-grad-cam leaves it out)
+        pass
+
+    class SameConv(nn.Conv2d):  # like timm's Conv2dSame
         pass
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4),
-                          nn.BatchNorm2d(4, affine=False), BNAct(4), nn.Conv1d(4, 4, 1))
-    assert bias_layers(model) == [model[0], model[2]]
+                          nn.BatchNorm2d(4, affine=False), BNAct(4), nn.Conv1d(4, 4, 1), SameConv(4, 4, 1),
+                          FrozenBatchNorm2d(4), nn.SyncBatchNorm(4), nn.GroupNorm(2, 4))
+    assert bias_layers(model) == [model[0], model[2], model[4], model[6], model[7], model[8]]
 
 
 def test_input_term_alone_when_no_layer_has_a_bias():

@@ -28,7 +28,9 @@ MAPS = {
     "saliency": saliency,
     "guided_backprop": guided_backprop,
     "smoothgrad": lambda m, x, t, **kw: smoothgrad(m, x, t, samples=4, **kw),
-    "integrated_gradients": lambda m, x, t, **kw: integrated_gradients(m, x, t, steps=6, **kw),
+    # the default black baseline, for an ImageNet-normalised input
+    "integrated_gradients": lambda m, x, t, **kw: integrated_gradients(
+        m, x, t, steps=6, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **kw),
 }
 
 
@@ -70,7 +72,7 @@ def test_raw_attributions_and_maps_match_captum(tv_model, kind):
     with borrowed(tv_model):
         raw = raw_attributions(tv_model, x, targets, kind, steps=8)
         maps = {"saliency": saliency, "guided_backprop": guided_backprop}.get(
-            kind, lambda m, x, t: integrated_gradients(m, x, t, steps=8))(tv_model, x, targets)
+            kind, lambda m, x, t: integrated_gradients(m, x, t, steps=8, baseline="zero"))(tv_model, x, targets)
     assert raw.shape == (2, 2, 3, size, size) and maps.shape == (2, 2, size, size)
     for t in range(2):
         ref = _captum(kind, tv_model, x, targets[:, t])

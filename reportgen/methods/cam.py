@@ -26,11 +26,13 @@ def _gradcam(a: Tensor, g: Tensor) -> Tensor:
 
 
 def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
-    # alpha = G^2 / (2 G^2 + sum_hw(A) G^3 + eps), written with one fewer temporary; where G == 0 it is 0 / eps = 0,
-    # which is what pytorch-grad-cam's explicit np.where(G != 0, alpha, 0) gives.
-    g2 = g * g
-    sum_a = a.sum(dim=(2, 3), keepdim=True)
-    alpha = g2 / (g2 * (2 + sum_a * g) + _EPS)
+    # The paper's alpha = G^2 / (2 G^2 + sum_hw(A) G^3) (eq. 19 with exponential scores), with G^2 cancelled:
+    # alpha = 1 / (2 + sum_hw(A) G) where G != 0. No epsilon: pytorch-grad-cam adds 1e-6 to the denominator,
+    # which dominates 2 G^2 once gradients are small (random-init nets: G^2 ~ 1e-8) and turns the weights into
+    # sum relu(G)^3; cancelling G^2 also keeps alpha exact where G^2 would underflow. Only a zero denominator
+    # (G == 0, or sum_hw(A) G == -2) is guarded: alpha = 0 there, as torchcam does.
+    denom = 2 + a.sum(dim=(2, 3), keepdim=True) * g
+    alpha = torch.where((g != 0) & (denom != 0), denom.reciprocal(), 0.0)
     return (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True) * a
 
 
@@ -90,6 +92,10 @@ def resolve_targets(
 ) -> tuple[Tensor, list[list[str]]]:
     """The classes to explain for each image.
 
+    "Top-1" and "most likely" rank the logits, never the softmax probabilities: probabilities of distinct logits
+    can tie in float32 (logits 0 and 1e-8 both give exp = 1.0), and the report's predictions rank the same
+    float32 logits the same way (descending, ties by class index), so the class it names is the class explained.
+
     Args:
         logits: (N, K) float.
         kind: ``predicted`` (top-1), ``true`` (the image's label; top-1 where it has none), ``class`` (``class_index``
@@ -103,7 +109,9 @@ def resolve_targets(
     if kind == "topk":
         if top_k > k:
             raise MethodError(f"cams.top_k is {top_k} but the model has only {k} classes")
-        return logits.topk(top_k, dim=1).indices, [["top-" + str(t + 1) for t in range(top_k)] for _ in range(n)]
+        # a stable sort: tied logits rank by class index, as argmax (top-1) and the report's ranking do
+        ranked = logits.sort(dim=1, descending=True, stable=True).indices[:, :top_k]
+        return ranked, [["top-" + str(t + 1) for t in range(top_k)] for _ in range(n)]
     if kind == "class":
         if class_index is None or not 0 <= class_index < k:
             raise MethodError(f"target class {class_index} is out of range for a model with {k} classes")

@@ -14,17 +14,21 @@ leave it as found, removing any hook they add in ``finally``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError
 from reportgen.methods.inputs import check_batch
 
 __all__ = [
+    "IG_BASELINES",
     "IG_METHODS",
+    "ig_baseline",
     "guided_backprop",
     "integrated_gradients",
     "raw_attributions",
@@ -34,6 +38,7 @@ __all__ = [
 
 _RAW_METHODS = ("saliency", "guided_backprop", "smoothgrad", "integrated_gradients")
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+IG_BASELINES = ("zero", "black", "blur")
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -162,6 +167,51 @@ def _relu_modules(model: nn.Module) -> list[nn.Module]:
     return relus
 
 
+# ---------------------------------------------------------------------------------------------------- baselines
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """(N, C, H, W) → the same, each channel convolved with a Gaussian of std ``sigma`` pixels, truncated at
+    ``ceil(3 sigma)`` and renormalised; edges extended by replication (any sigma works on any image size)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(device=x.device, dtype=x.dtype)
+    c = x.shape[1]
+    out = F.pad(x, (radius, radius, 0, 0), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ig_baseline(
+    x: Tensor, baseline: str, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+    blur_sigma: float = 10.0,
+) -> Tensor:
+    """Integrated Gradients' starting image for each image of ``x`` (N, C, H, W), normalised like ``x``.
+
+    ``zero``: all zeros after normalisation, i.e. the dataset's mean colour (captum's default). ``black``: pixel
+    value 0 in every channel, ``(0 - mean) / std`` after normalisation (the paper's choice for images; needs the
+    preprocessing's ``mean`` and ``std``). ``blur``: the image itself blurred by a Gaussian of ``blur_sigma``
+    input pixels (Sturmfels et al., Distill 2020); per-channel normalisation is affine, so blurring the
+    normalised image equals normalising the blurred one.
+    """
+    if baseline == "zero":
+        return torch.zeros_like(x)
+    if baseline == "black":
+        if mean is None or std is None or len(mean) != x.shape[1] or len(std) != x.shape[1]:
+            raise MethodError(f"the black baseline needs the preprocessing's mean and std for {x.shape[1]} channels, "
+                              f"got mean={mean!r}, std={std!r}")
+        m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return ((0 - m) / s).expand_as(x).contiguous()
+    if baseline == "blur":
+        if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, int | float) or not blur_sigma > 0:
+            raise MethodError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
+        return _gaussian_blur(x, float(blur_sigma))
+    raise MethodError(f"expected an Integrated Gradients baseline in {', '.join(IG_BASELINES)}, got {baseline!r}")
+
+
 # ---------------------------------------------------------------------------------------------------- raw attributions
 
 
@@ -200,6 +250,10 @@ def raw_attributions(
     seed: int = 0,
     steps: int = 32,
     integration: str = "gausslegendre",
+    baseline: str = "zero",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    blur_sigma: float = 10.0,
     batch_size: int = 64,
 ) -> Tensor:
     """Signed attributions of every input pixel and channel, before the channel reduction of the maps.
@@ -209,16 +263,17 @@ def raw_attributions(
         x: (N, C, H, W) float32 normalised images on the model's device; never modified.
         targets: (N, T) int64 class indices.
         method: ``saliency`` (dy/dx), ``guided_backprop`` (guided dy/dx), ``smoothgrad`` (mean over ``samples``
-            noisy copies of dy/dx) or ``integrated_gradients`` (x * weighted mean of dy/dx along 0 → x).
+            noisy copies of dy/dx) or ``integrated_gradients`` ((x - x0) * weighted mean of dy/dx along x0 → x).
         samples, noise, seed: SmoothGrad's copies per image, noise std as a fraction of each image's
             ``max - min``, and the seed of its local generator.
         steps, integration: Integrated Gradients' path points and quadrature rule (one of ``IG_METHODS``).
+        baseline, mean, std, blur_sigma: Integrated Gradients' starting image x0 (``ig_baseline``).
         batch_size: inputs per forward pass for SmoothGrad and Integrated Gradients (the memory budget).
 
     Returns:
         (N, T, C, H, W) float32 on x's device, detached: the values captum's ``Saliency(abs=False)``,
-        ``GuidedBackprop``, ``NoiseTunnel(Saliency)`` (smoothgrad) and ``IntegratedGradients`` (zero baseline)
-        attribute.
+        ``GuidedBackprop``, ``NoiseTunnel(Saliency)`` (smoothgrad) and ``IntegratedGradients`` (with
+        ``baselines=ig_baseline(x, baseline, ...)``) attribute.
     """
     if method not in _RAW_METHODS:
         raise MethodError(f"expected a method in {', '.join(_RAW_METHODS)}, got {method!r}")
@@ -266,13 +321,15 @@ def raw_attributions(
         _check_positive("batch_size", batch_size)
         sizes, alphas = _path_parameters(steps, integration)
         alpha_t = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+        start = ig_baseline(x, baseline, mean=mean, std=std, blur_sigma=blur_sigma)
+        delta = x - start
 
         def on_path(image: int, first: int, stop: int) -> Tensor:
-            return alpha_t[first:stop].view(-1, 1, 1, 1) * x[image]  # zero baseline: 0 + alpha * (x - 0)
+            return start[image] + alpha_t[first:stop].view(-1, 1, 1, 1) * delta[image]  # captum's path points
 
         weights = torch.tensor(sizes, dtype=torch.float32, device=x.device)
         total = _batched(model, targets, steps, on_path, weights, batch_size, shape)
-        return total * x.float()[:, None]
+        return total * delta.float()[:, None]
     raise AssertionError(method)  # unreachable: checked above
 
 
@@ -359,23 +416,32 @@ def smoothgrad(
 
 
 def integrated_gradients(
-    model: nn.Module, x: Tensor, targets: Tensor, *, steps: int = 32, batch_size: int = 64
+    model: nn.Module, x: Tensor, targets: Tensor, *, steps: int = 32, baseline: str = "black",
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None, blur_sigma: float = 10.0,
+    batch_size: int = 64,
 ) -> Tensor:
     """Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks", ICML 2017).
 
-    Formula: ``S = max_c |x_c * sum_k w_k dy_t/dx_c(a_k x)|``: zero (black in normalised space) baseline,
-    Gauss-Legendre points ``a_k`` and weights ``w_k`` on [0, 1] (sum w_k = 1), captum 0.9's default
-    ``method="gausslegendre"``. The ``N * steps`` path inputs are batched, at most ``batch_size`` per forward.
+    Formula: ``S = max_c |(x - x0)_c * sum_k w_k dy_t/dx_c(x0 + a_k (x - x0))|``, Gauss-Legendre points ``a_k``
+    and weights ``w_k`` on [0, 1] (sum w_k = 1), captum 0.9's default ``method="gausslegendre"``. The baseline
+    x0 is ``ig_baseline(x, baseline, ...)``: ``black`` (pixel value 0, the paper's choice; the default), ``zero``
+    (0 after normalisation: the mean colour, captum's default) or ``blur`` (the image blurred, ``blur_sigma``
+    pixels). The ``N * steps`` path inputs are batched, at most ``batch_size`` per forward.
 
     Args:
         model: borrowed (eval mode, frozen parameters); left exactly as found.
         x: (N, 3, H, W) float32 normalised images on the model's device; never modified.
         targets: (N, T) int64 class indices.
         steps: points on the path.
+        baseline: ``black``, ``zero`` or ``blur``.
+        mean, std: the preprocessing's per-channel normalisation (needed by ``black``).
+        blur_sigma: the ``blur`` baseline's Gaussian std, in input pixels.
         batch_size: inputs per forward pass.
 
     Returns:
         (N, T, H, W) float32 >= 0 on x's device, detached.
     """
-    return _magnitude(raw_attributions(model, x, targets, "integrated_gradients", steps=steps, batch_size=batch_size))
+    raw = raw_attributions(model, x, targets, "integrated_gradients", steps=steps, baseline=baseline, mean=mean,
+                           std=std, blur_sigma=blur_sigma, batch_size=batch_size)
+    return _magnitude(raw)
 
