@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test lint bench classics clean-outputs
+.PHONY: install system-deps demo test lint bench classics clean-outputs mutate
 
 # WeasyPrint draws with Pango and subsets fonts with HarfBuzz's subsetter (without it, a slow pure-Python
 # fallback). Installed from Debian when missing and we may; otherwise a note, never a failure.
@@ -49,6 +49,16 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]' || echo "note: could not install the bench extra; missing peers are reported as error lines"
 	rm -f bench/results_$(BENCH_DEVICE).jsonl
 	$(PY) -m bench --device $(BENCH_DEVICE) --out bench/results_$(BENCH_DEVICE).jsonl
+
+# Mutation testing, on demand (never in CI): mutmut mutates the modules listed under [tool.mutmut] in
+# pyproject.toml and runs the fast tests that cover each mutant. Narrow it with MUTANTS='reportgen.atomic*'.
+# Survivors: `$(VENV)/bin/mutmut show NAME`; docs/TESTING.md says which are acceptable and why.
+MUTANTS ?=
+MUTATE_JOBS ?= 2
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[mutate]'
+	$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(VENV)/bin/mutmut results
 
 clean-outputs:
 	rm -rf outputs/demo outputs/demo-images outputs/cache

@@ -8,6 +8,7 @@ had finished, and write the same report as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,12 +16,13 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, make_images, write_config
+from conftest import REPO, exchange_supported, make_images, write_config
 from safetensors.numpy import load_file
 
 from reportgen.cache import TensorCache
@@ -143,10 +145,14 @@ def test_killed_while_replacing_a_report_keeps_the_previous_one(workspace):
 
 
 def test_forced_rerun_swaps_the_whole_report_in_one_step(workspace):
+    if not exchange_supported(workspace):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available on this system or file system")
     config = _config(workspace, "out")
     assert _run(config).returncode == 0
     first = _stats(workspace / "out")
-    assert _run(config, "--force").returncode == 0
+    # the "publish" fail point lies only on the two-rename path: a swap in one step never reaches it
+    forced = _run(config, "--force", REPORTGEN_FAILPOINT="publish")
+    assert forced.returncode == 0, "the report was replaced by two renames, not swapped in one step"
     second = _stats(workspace / "out")
     assert first["cache_misses"] == ENTRIES and second["cache_hits"] == ENTRIES  # the new report is in place
     assert _leftovers(workspace) == []
@@ -194,3 +200,52 @@ def test_full_disk_is_a_clear_error_and_leaves_no_corrupt_entry(workspace, refer
     assert (s["cache_hits"], s["cache_misses"]) == (kept, ENTRIES - kept)
     assert "corrupt" not in rerun.stderr
     _assert_same_report(workspace / "out", reference)
+
+
+_PDF_PARENT = r"""
+import os, signal, subprocess, sys, time
+from reportgen.report import PdfJob
+
+job = PdfJob()
+# a bystander keeps the child's stdin open, so only PR_SET_PDEATHSIG (not a closed pipe) can end the child
+holder = subprocess.Popen(["sleep", "120"], pass_fds=[job.proc.stdin.fileno()], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # not our pipes to the test
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:  # until the child waits for its order: read(0, ...) after die_with_parent()
+    try:
+        with open(f"/proc/{job.proc.pid}/syscall") as f:
+            if f.read().split()[:2] == ["0", "0x0"]:
+                break
+    except OSError:
+        pass
+    time.sleep(0.05)
+print(job.proc.pid, holder.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_pdf_printer_dies_with_a_run_killed_by_sigkill():
+    parent = subprocess.run([sys.executable, "-c", _PDF_PARENT], env=_env(), capture_output=True, text=True,
+                            timeout=180)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    child, holder = (int(p) for p in parent.stdout.split())
+    try:
+        for _ in range(100):  # up to 5 s; the kernel kills it at once
+            if _gone(child):
+                break
+            time.sleep(0.05)
+        assert _gone(child), "the PDF printer outlived its killed parent"
+    finally:
+        for pid in (child, holder):  # the processes this test started, by id
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

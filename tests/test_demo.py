@@ -101,3 +101,39 @@ def test_demo_end_to_end_then_warm_rerun(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "model work: 0 forward passes, 0 backward passes" in second
     assert " 0 misses, 0 written" in second
+
+
+@pytest.fixture
+def classic_tree(tmp_path):
+    """configs/*.yaml copied with the folder layout they expect (../outputs/demo-images), one photo in it."""
+    import shutil
+
+    from conftest import make_images
+
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    make_images(tmp_path / "outputs" / "demo-images", n=1, labelled=False, size=(64, 48))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+def test_classic_config_validates(classic_tree, name, capsys):
+    assert main(["validate", str(classic_tree / "configs" / f"{name}.yaml")]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["vgg11_kernels", "alexnet_saliency"])
+def test_classic_config_runs(classic_tree, name, capsys):
+    """The classics as shipped (random weights, PDF off to stay fast): kernels, feature maps, saliency at class 24."""
+    import yaml
+
+    path = classic_tree / "configs" / f"{name}.yaml"
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg["report"]["pdf"] = False
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["run", str(path), "--quiet"]) == 0, capsys.readouterr().err
+    manifest = json.loads((classic_tree / "outputs" / name / "manifest.json").read_text())
+    (image,) = manifest["images"]
+    if name == "vgg11_kernels":
+        assert [k["layer"] for k in manifest["kernels"]] == ["features.0", "features.3"]
+        assert [k["total"] for k in manifest["kernels"]] == [64, 128 * 64]
+    else:
+        assert {(g["target_kind"], g["target_index"]) for g in image["cams"]} == {("class", 24)}

@@ -401,3 +401,47 @@ def test_overlay_throughput_sanity() -> None:
     assert all(o.size == (448, 448) for o in outs)
     np.testing.assert_array_equal(np.asarray(overlay(img, cams[0])), first)  # no hidden state between calls
     assert len({hash(o.tobytes()) for o in outs}) == len(cams)
+
+
+# ------------------------------------------------------------------ what the panels select (methods/kernels.py,
+# methods/feature_maps.py): the fixtures elsewhere never cut, so a wrong ranking would go unseen
+
+
+def test_kernels_ranked_by_l2_norm_and_cut_at_max_kernels() -> None:
+    import torch
+    from torch import nn
+
+    from reportgen.methods.kernels import select_kernels
+
+    rgb = nn.Conv2d(3, 5, 2, bias=False)
+    scales = [1.0, 5.0, 3.0, 0.5, 4.0]
+    with torch.no_grad():
+        for o, s in enumerate(scales):
+            rgb.weight[o] = s * (1 if o % 2 else -1)  # the sign does not count, the norm does
+    sel = select_kernels(rgb, 3, "conv")
+    assert sel.rgb and sel.total == 5 and sel.labels == ["1", "4", "2"]
+    assert torch.equal(sel.kernels, rgb.weight[[1, 4, 2]])
+
+    grey = nn.Conv2d(2, 2, 1, bias=False)  # kernels (output/input): 0/0 0/1 1/0 1/1
+    with torch.no_grad():
+        grey.weight.copy_(torch.tensor([1.0, -7.0, 3.0, 2.0]).view(2, 2, 1, 1))
+    sel = select_kernels(grey, 2, "conv")
+    assert not sel.rgb and sel.total == 4 and sel.labels == ["0/1", "1/0"]
+    assert sel.kernels.flatten().tolist() == [-7.0, 3.0]
+    assert select_kernels(grey, 100, "conv").labels == ["0/1", "1/0", "1/1", "0/0"]
+
+
+def test_feature_maps_are_the_top_k_channels_by_mean_activation() -> None:
+    import torch
+
+    from reportgen.methods.feature_maps import top_channels
+
+    a = torch.zeros(2, 4, 2, 2)
+    a[0, :, 0, 0] = torch.tensor([4.0, 8.0, 0.0, 12.0])  # means 1, 2, 0, 3
+    a[0, 2] = torch.tensor([[0.0, 9.0], [-9.0, 0.0]])  # the largest peak, but mean 0
+    a[1, :, 1, 1] = torch.tensor([-4.0, 0.0, 4.0, 2.0])
+    maps, idx, means = top_channels(a, 2)
+    assert idx.tolist() == [[3, 1], [2, 3]]
+    assert torch.allclose(means, torch.tensor([[3.0, 2.0], [1.0, 0.5]]))
+    assert maps.shape == (2, 2, 2, 2) and torch.equal(maps[0, 0].float(), a[0, 3])
+    assert top_channels(a, 10)[1].shape == (2, 4)  # k capped at the channels there are

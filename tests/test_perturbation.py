@@ -144,20 +144,24 @@ def _scorecam_reference(model, x, classes, layer):
     return torch.stack(maps).float()
 
 
-def _ablation_reference(model, x, classes, layer):
-    """One forward per (image, channel), the layer's output replaced by a hook; zero-min layers only."""
+def _ablation_reference(model, x, classes, layer, *, negative=False):
+    """One forward per (image, channel), the layer's output replaced by a hook. An ablated channel is set to 0
+    where the image's activations have minimum 0, else (``negative``) to that minimum - 1e7."""
     module = dict(model.named_modules())[layer]
     with capture_output(model, layer, x) as a:
         pass
-    assert a.min() == 0
+    if not negative:
+        assert a.min() == 0
     maps = []
     for i in range(x.shape[0]):
         with torch.no_grad():
             y = float(model(x[i : i + 1])[0, classes[i]])
+        low = float(a[i].min())
+        value = 0.0 if low == 0 else low - 1e7
         weights = []
         for k in range(a.shape[1]):
             ablated = a[i : i + 1].clone()
-            ablated[:, k] = 0
+            ablated[:, k] = value
             handle = module.register_forward_hook(lambda _m, _i, _o, t=ablated: t)
             try:
                 with torch.no_grad():
@@ -226,6 +230,34 @@ def test_scorecam_matches_plain_reference(tiny_model):
         ours = scorecam(tiny_model, x, classes[:, None], layer="features.5", batch_size=7)
     ref = _scorecam_reference(tiny_model, x, classes, "features.5")
     assert torch.allclose(ours[:, 0], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+class LinearHead(nn.Module):
+    """A conv whose output (negative values, no ReLU after it) goes straight to pooling and a linear classifier:
+    the ablated value (``min - 1e7``, not 0) decides every weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+def test_ablation_of_a_layer_with_negative_values_uses_min_minus_1e7():
+    model = _seeded(LinearHead)
+    x = _images(2, 8, seed=14)
+    with capture_output(model, "conv", x) as a:
+        assert (a.flatten(1).amin(1) < 0).all()  # the min - 1e7 branch for both images
+    with torch.no_grad():
+        classes = model(x).argmax(1)
+    with borrowed(model):
+        ours = ablationcam(model, x, classes[:, None], layer="conv", batch_size=4)
+    ref = _ablation_reference(model, x, classes, "conv", negative=True)
+    assert float(ref.std()) > 0 and float(ours.std()) > 0  # not flat: a flat pair would agree with anything
+    assert torch.allclose(ours[:, 0], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
 def test_layer_that_runs_twice_ablates_its_last_call():

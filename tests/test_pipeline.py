@@ -6,6 +6,7 @@ import json
 import shutil
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_config
@@ -305,7 +306,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(tmp_path, ima
     assert [i["predictions"] for i in got] == [i["predictions"] for i in reference]
 
 
-def test_channels_last_gives_the_same_maps_under_its_own_keys(tmp_path, image_dir):
+def test_channels_last_gives_the_same_maps_under_its_own_keys(tmp_path, image_dir, monkeypatch):
     import numpy as np
 
     def run_with(channels_last: bool):
@@ -316,8 +317,27 @@ def test_channels_last_gives_the_same_maps_under_its_own_keys(tmp_path, image_di
         images = json.loads(result.manifest.read_text())["images"]
         return result.stats, [load_file(str(cfg.run.output / i["maps_file"])) for i in images]
 
+    import reportgen.models as models
+
+    loaded, inputs = [], []
+    real_load = models.load_model
+
+    def spy(*args, **kwargs):  # the model the run really uses, and the memory format of its inputs
+        lm = real_load(*args, **kwargs)
+        lm.module.register_forward_pre_hook(lambda _m, a: inputs.append(a[0].is_contiguous(
+            memory_format=torch.channels_last)))
+        loaded.append(lm)
+        return lm
+
+    monkeypatch.setattr(models, "load_model", spy)
     s_cl, maps_cl = run_with(True)
+    conv = loaded[0].module.features[2].weight
+    assert loaded[0].memory_format == torch.channels_last
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert inputs and all(inputs), "channels_last: the inputs reached the model in the contiguous layout"
+    inputs.clear()
     s_plain, maps_plain = run_with(False)
+    assert loaded[1].module.features[2].weight.is_contiguous() and inputs and not any(inputs)
     # the layout is part of the keys (rounding differs): the second run recomputes all but the kernel galleries
     assert s_plain.cache_hits == 2 and s_plain.forward_passes == s_cl.forward_passes == 2
     for a, b in zip(maps_cl, maps_plain, strict=True):
@@ -327,7 +347,13 @@ def test_channels_last_gives_the_same_maps_under_its_own_keys(tmp_path, image_di
                                        err_msg=name)
 
 
-def test_drawing_in_worker_processes_gives_the_same_report(tmp_path, image_dir):
+def test_drawing_in_worker_processes_gives_the_same_report(tmp_path, image_dir, monkeypatch):
+    import reportgen.drawpool as drawpool
+
+    drawn_here = []  # images drawn in this process (spawned workers import their own, unpatched module)
+    inline_draw = drawpool._draw
+    monkeypatch.setattr(drawpool, "_draw", lambda ctx, rec, *a: drawn_here.append(rec.index) or inline_draw(ctx, rec, *a))
+
     def run_with(draw_workers: int, name: str):
         cfg = load_config(write_config(tmp_path, image_dir, run={
             "output": str(tmp_path / name), "cache_dir": str(tmp_path / f"cache-{name}"), "device": "cpu",
@@ -335,12 +361,14 @@ def test_drawing_in_worker_processes_gives_the_same_report(tmp_path, image_dir):
         return run(cfg).stats, cfg.run.output
 
     s0, inline = run_with(0, "inline")
+    assert sorted(drawn_here) == list(range(N_IMAGES))
+    drawn_here.clear()
     s2, pooled = run_with(2, "pooled")
     assert (s0.draw_workers, s2.draw_workers) == (0, 2)
-    files = sorted(p.relative_to(inline) for p in inline.rglob("*") if p.is_file() and p.name != "report.html"
-                   and p.name != "manifest.json")
-    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file()
-                           and p.name not in ("report.html", "manifest.json"))
+    assert drawn_here == [], "with draw_workers: 2 the images were drawn in the main process"
+    per_run = ("report.html", "manifest.json", ".reportgen-run.json")  # carry the run's time or id
+    files = sorted(p.relative_to(inline) for p in inline.rglob("*") if p.is_file() and p.name not in per_run)
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file() and p.name not in per_run)
     for rel in files:
         assert (inline / rel).read_bytes() == (pooled / rel).read_bytes(), rel
     a, b = (json.loads((p / "manifest.json").read_text())["images"] for p in (inline, pooled))
@@ -356,3 +384,125 @@ def test_draw_workers_config(tmp_path, image_dir):
             load_config(write_config(tmp_path, image_dir, run={"output": str(tmp_path / "o"), "draw_workers": bad}))
     cfg = load_config(write_config(tmp_path, image_dir, run={"output": str(tmp_path / "o")}))
     assert cfg.run.draw_workers == "auto"
+
+
+# ------------------------------------------------------------------ features a run must really use (issue 10)
+
+
+def _labelled_images(root, folders):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(root / folder / "x.png")
+    return root
+
+
+def test_class_folders_by_imagenet_name_and_index_explain_that_class(tmp_path):
+    data = _labelled_images(tmp_path / "imgs", ["egyptian_cat", "285_egyptian_cat", "Egyptian cat", "nosuchclass"])
+    model = {"source": "factory", "name": "tinynets:tiny_cnn", "num_classes": 1000, "labels": "imagenet",
+             "preprocess": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    cfg = load_config(write_config(tmp_path, data, model=model, kernels={"layers": []}, feature_maps={"layers": []},
+                                   cams={"methods": ["gradcam"], "layers": ["features.5"], "target": "true"}))
+    images = {i["label"]: i for i in json.loads(run(cfg).manifest.read_text())["images"]}
+    for folder in ("egyptian_cat", "285_egyptian_cat", "Egyptian cat"):
+        (group,) = images[folder]["cams"]
+        assert (group["target_kind"], group["target_index"]) == ("true", 285), folder
+    (group,) = images["nosuchclass"]["cams"]
+    assert group["target_kind"] == "predicted (no label)"
+    assert group["target_index"] == images["nosuchclass"]["predictions"][0]["class_index"]
+
+
+def test_labels_file_names_classes_and_class_folders(tmp_path):
+    names = [f"name{i}" for i in range(10)]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(names) + "\n", encoding="utf-8")
+    data = _labelled_images(tmp_path / "imgs", ["name7", "3_other"])
+    model = {"source": "factory", "name": "tinynets:tiny_cnn", "labels": str(labels),
+             "preprocess": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    cfg = load_config(write_config(tmp_path, data, model=model, kernels={"layers": []}, feature_maps={"layers": []},
+                                   cams={"methods": ["gradcam"], "layers": ["features.5"], "target": "true"}))
+    result = run(cfg)
+    images = {i["label"]: i for i in json.loads(result.manifest.read_text())["images"]}
+    assert images["name7"]["cams"][0]["target_index"] == 7 and images["3_other"]["cams"][0]["target_index"] == 3
+    for image in images.values():
+        for p in image["predictions"]:
+            assert p["class_name"] == names[p["class_index"]]
+    assert "name7" in (result.html).read_text(encoding="utf-8")
+
+
+def test_target_class_index_and_crop_resize_in_a_run(tmp_path, image_dir):
+    def run_with(resize: str, target, name: str):
+        model = {"source": "factory", "name": "tinynets:tiny_cnn", "labels": "none",
+                 "preprocess": {"size": 32, "resize": resize, "mean": [0.5] * 3, "std": [0.25] * 3}}
+        cfg = load_config(write_config(tmp_path, image_dir, model=model, kernels={"layers": []},
+                                       feature_maps={"layers": []},
+                                       cams={"methods": ["gradcam"], "layers": ["features.5"], "target": target},
+                                       run={"output": str(tmp_path / name), "cache_dir": str(tmp_path / "cache"),
+                                            "device": "cpu", "batch_size": 3}))
+        manifest = json.loads(run(cfg).manifest.read_text())
+        return manifest, [load_file(str(cfg.run.output / i["maps_file"])) for i in manifest["images"]]
+
+    crop, crop_maps = run_with("crop", 7, "crop")
+    assert crop["model"]["resize"] == "crop"
+    for image, maps in zip(crop["images"], crop_maps, strict=True):
+        (group,) = image["cams"]
+        assert (group["target_kind"], group["target_index"]) == ("class", 7)
+        assert maps["cam/gradcam/features.5/targets"].tolist() == [7]
+    squash, squash_maps = run_with("squash", 7, "squash")
+    assert squash["model"]["resize"] == "squash"
+    for a, b in zip(crop_maps, squash_maps, strict=True):  # 40x32 photos: a centre crop is not the squashed whole
+        assert not np.allclose(a["logits"], b["logits"])
+
+
+def test_filters_section_in_a_real_run(tmp_path, image_dir):
+    filters = {"layers": ["features.5"], "channels": [0, 3], "size": 32, "steps": 4, "seed": 0}
+    cfg = load_config(write_config(tmp_path, image_dir, filters=filters, feature_maps={"layers": []},
+                                   cams={"methods": ["gradcam"], "layers": ["features.5"]}))
+    result = run(cfg)
+    manifest = json.loads(result.manifest.read_text())
+    (entry,) = manifest["filters"]
+    srcs = _img_srcs(result.html)
+    figures = [s for s in srcs if "filter" in s]
+    assert figures and all((cfg.run.output / s).is_file() for s in figures), srcs
+    assert entry["layer"] == "features.5" and [c for c in entry["channels"]] == [0, 3]
+
+
+def test_interrupted_forced_run_exits_130_and_keeps_the_previous_report(tmp_path, image_dir, monkeypatch, capsys):
+    import reportgen.report as report
+
+    path = write_config(tmp_path, image_dir)
+    assert main(["run", str(path), "--quiet"]) == 0
+    out = tmp_path / "out"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "render_html", interrupted)  # Ctrl-C once the new report is half built
+    assert main(["run", str(path), "--quiet", "--force"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache", "config.yaml", "images", "out"])
+
+
+def test_manifest_is_written_last(tmp_path, image_dir, monkeypatch):
+    import reportgen.atomic as atomic
+
+    seen = {}
+    real_swap = atomic.swap_into_place
+
+    def swap(new, target):  # the staging folder as it is published
+        seen.update({p.relative_to(new): p.stat().st_mtime_ns for p in new.rglob("*") if p.is_file()})
+        return real_swap(new, target)
+
+    import reportgen.runner as runner
+
+    monkeypatch.setattr(runner, "swap_into_place", swap)
+    run(load_config(write_config(tmp_path, image_dir, report={"pdf": True, "image_size": 96})))
+    from pathlib import Path
+
+    manifest = seen.pop(Path("manifest.json"))
+    assert Path("report.pdf") in seen and Path("report.html") in seen
+    assert all(t <= manifest for t in seen.values()), [str(p) for p, t in seen.items() if t > manifest]

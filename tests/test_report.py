@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -369,8 +370,35 @@ def test_render_pdf(rendered, tmp_path):
     uris = [str(u) for u in uris if u is not None]
     assert uris, "asset links missing"
     assert not [u for u in uris if u.startswith(("file:", "/"))], "PDF links must not carry local absolute paths"
-    text = reader.pages[1].extract_text()
-    assert "of" in text and "page" in text
+    total = len(reader.pages)
+    for number, page in enumerate(reader.pages, start=1):  # the footer numbers every page: "page N of M"
+        assert re.search(rf"\bpage {number} of {total}\b", page.extract_text()), f"page {number}: no page number"
+
+
+def test_no_figure_is_split_across_pdf_pages(rendered):
+    """Every <figure> (kernel gallery, thumbnail, panels, CAM groups) lies on one page of the printed report.
+
+    Reads WeasyPrint's layout (``page._page_box``, internal API): a figure split by a page break has boxes on two
+    pages. Without the print CSS's ``break-inside: avoid`` one figure of this report is split.
+    """
+    weasyprint = pytest.importorskip("weasyprint")
+    _, _, html_path, _ = rendered
+    document = weasyprint.HTML(filename=str(html_path), base_url=html_path.parent.as_uri() + "/",
+                               media_type="print").render()
+    pages_of: dict[int, set[int]] = {}
+
+    def walk(box, number: int) -> None:
+        element = getattr(box, "element", None)
+        if element is not None and element.tag == "figure":
+            pages_of.setdefault(id(element), set()).add(number)
+        for child in getattr(box, "children", None) or []:
+            walk(child, number)
+
+    for number, page in enumerate(document.pages):
+        walk(page._page_box, number)
+    assert len(document.pages) >= 3 and len(pages_of) >= 20  # enough figures that some meet a page break
+    split = [sorted(pages) for pages in pages_of.values() if len(pages) > 1]
+    assert not split, f"{len(split)} figure(s) split across pages: {split}"
 
 
 def test_render_pdf_missing_html(tmp_path):
@@ -386,6 +414,38 @@ def test_pdf_main_errors(tmp_path, capsys):
     assert pdf.main([str(tmp_path / "missing.html"), str(tmp_path / "out.pdf")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("reportgen.pdf: error:") for line in err)
+
+
+def test_pdf_main_prints_in_process_with_relative_links_and_confined_reads(tmp_path, capsys, monkeypatch):
+    """The printer's own code, run in this process (the report's PDF runs it in a child, which mutation testing
+    cannot see): a PDF with relative asset links, and a file outside the report folder refused, not read."""
+    pypdf = pytest.importorskip("pypdf")
+    from reportgen import pdf
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(secret)
+    report = tmp_path / "report"
+    (report / "assets").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(report / "assets" / "a.png")
+    html = report / "report.html"
+    html.write_text(f'<html><head><title>t</title></head><body><p>hello</p><a href="assets/a.png">'
+                    f'<img src="assets/a.png" alt="kept"></a><img src="{secret.as_uri()}" alt="refused"></body></html>',
+                    encoding="utf-8")
+    out = report / "out.pdf"
+    assert pdf.main([str(html), str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "refused to load" in err and str(secret) in err
+    reader = pypdf.PdfReader(str(out))
+    assert "hello" in reader.pages[0].extract_text()
+    uris = [str(a.get_object()["/A"]["/URI"]) for a in reader.pages[0].get("/Annots") or []]
+    assert uris and set(uris) == {"assets/a.png"}
+    images = reader.pages[0].images
+    assert len(images) == 1  # the report's own image; the outside file was not read
+    monkeypatch.setattr(pdf, "die_with_parent", lambda: None)  # not on the test process itself
+    monkeypatch.setattr(pdf.sys, "stdin", __import__("io").StringIO("cancel\n"))
+    assert pdf.main(["--wait"]) == 3  # the parent cancelled: nothing printed
+    monkeypatch.setattr(pdf.sys, "stdin", __import__("io").StringIO(f"go\t{report / 'none.html'}\t{out}\n"))
+    assert pdf.main(["--wait"]) == 1 and "does not exist" in capsys.readouterr().err
 
 
 def _fake_python(tmp_path: Path, body: str) -> str:
