@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a config (and its layer names against the model); write nothing")
     p.add_argument("config", type=Path)
+    p.add_argument("--explain", action="store_true",
+                   help="also print every key's resolved value and where it came from (its line, or default)")
+
+    p = sub.add_parser("config-schema", help="every config key with its type, default, bounds and help")
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text",
+                   help="text for people, json for tools, markdown for docs/CONFIG.md")
 
     p = sub.add_parser("layers", help="list a model's layers with their output shapes")
     p.add_argument("model", help="a config file, or timm:NAME, torchvision:NAME, factory:pkg.mod:fn, an exported "
@@ -92,6 +98,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     note = source_summary(cfg.model.source, model.card.layers)
     if note:
         print(f"note: {note}")
+    if args.explain:
+        from reportgen.config import explain_config
+
+        print(f"resolved values (# line N: given on that line of {args.config}; # default: not given):")
+        print("\n".join(explain_config(cfg)))
+    return 0
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from reportgen.config import config_schema
+
+    sys.stdout.write(config_schema(args.format))
     return 0
 
 
@@ -165,7 +183,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "layers": _cmd_layers, "methods": _cmd_methods, "cache": _cmd_cache}
+_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "config-schema": _cmd_config_schema, "layers": _cmd_layers,
+             "methods": _cmd_methods, "cache": _cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,12 @@ Every problem of a config is collected and reported at once, one line each, as
 resolved against the folder of the config file, so a scheduled job gives the same run from any working
 directory. This is the only module that reads YAML.
 
+Every key is declared once, as a ``Field`` (type, default, bounds or choices, help) in a ``Section`` of
+``SECTIONS``; one generic reader applies the table, then a few functions check what spans keys (layers that need
+methods, what each model source needs, output-folder placement). ``reportgen config-schema`` prints the table and
+``reportgen validate --explain`` a config's resolved values; the frozen dataclasses below are what other modules
+read (their defaults equal the table's: tests/test_config_schema.py checks it).
+
 A hostile file is bounded before it costs anything: at most 1 MB of UTF-8, 100,000 values once YAML aliases are
 expanded ("billion laughs"), 64 levels of nesting, no alias inside its own anchor; at most 20 problems are written
 out (then a count), and a user's value is quoted in at most 80 characters.
@@ -13,7 +19,7 @@ out (then a count), and a user's value is quoted in at most 80 characters.
 from __future__ import annotations
 
 import codecs
-import difflib
+import json
 import logging
 import math
 import os
@@ -22,11 +28,12 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from reportgen.errors import ConfigError
+from reportgen.names import close_matches  # re-exported: models and api import it from here
 
 __all__ = [
     "ModelConfig",
@@ -39,7 +46,13 @@ __all__ = [
     "FiltersConfig",
     "ReportOptions",
     "RunConfig",
+    "Field",
+    "Section",
+    "Computed",
+    "SECTIONS",
     "load_config",
+    "config_schema",
+    "explain_config",
     "close_matches",
     "MODEL_SOURCES",
     "TARGET_KINDS",
@@ -147,6 +160,7 @@ class ReportOptions:
     colormap: str = "jet"
     alpha: float = 0.45
     image_size: int = 384
+    raw_maps: str = "reduced"  # "full": also the signed (3, H, W) attribution of input-level methods
 
 
 @dataclass(frozen=True)
@@ -167,11 +181,7 @@ class RunConfig:
 
     def where(self, dotted: str) -> str:
         """``FILE:LINE: dotted`` for an error message about ``dotted`` (line of the closest known parent key)."""
-        key = dotted
-        while key and key not in self.lines:
-            key = key.rpartition(".")[0]
-        line = self.lines.get(key, 1)
-        return f"{self.path}:{line}: {dotted}"
+        return _where(self.path, self.lines, dotted)
 
     def with_overrides(
         self,
@@ -200,21 +210,6 @@ class RunConfig:
             if problems:
                 raise ConfigError(problems)
         return cfg
-
-
-def close_matches(word: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
-    """Up to ``n`` candidates close to ``word`` (typos, missing prefixes), best first."""
-    if len(word) > _SHOW_CHARS:  # no name is that long; and difflib's work grows with it
-        return []
-    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
-    if len(found) < n:
-        tail = word.rsplit(".", 1)[-1]
-        for cand in candidates:
-            if cand not in found and (cand.endswith("." + tail) or cand.startswith(word + ".")):
-                found.append(cand)
-            if len(found) >= n:
-                break
-    return found
 
 
 def _suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str:
@@ -426,26 +421,37 @@ class _Builder:
         raise ConfigError(f"{self.path}:{node.start_mark.line + 1}:{key} {message}")
 
 
+def _where(file: Path, lines: Mapping[str, int], dotted: str) -> str:
+    """``FILE:LINE: dotted``, with the line of the closest key given (``dotted`` itself, else a parent)."""
+    key = dotted
+    while key and key not in lines:
+        key = key.rpartition(".")[0]
+    return f"{file}:{lines.get(key, 1)}: {dotted}"
+
+
 class _Reader:
     """Reads typed values out of the parsed YAML, recording every problem instead of stopping at the first.
 
     Only the first ``ConfigError.MAX_PROBLEMS`` are written out; the rest are counted in ``more``, and a message
     given as a function (one that searches for close matches) is then not even composed.
+
+    Args:
+        choices: the lists a ``Field.choices_from`` names (``methods``: the registry's cam methods).
+        unchecked: dotted path keys whose file or folder need not exist (``data.path`` when ``--data`` replaces it).
     """
 
-    def __init__(self, path: Path, data: dict[str, Any], lines: dict[str, int]):
+    def __init__(self, path: Path, data: dict[str, Any], lines: dict[str, int], *,
+                 choices: Mapping[str, tuple[str, ...]] | None = None, unchecked: tuple[str, ...] = ()):
         self.file = path
         self.data = data
         self.lines = lines
+        self.choices = choices or {}
+        self.unchecked = unchecked
         self.problems: list[str] = []
         self.more = 0
 
     def where(self, dotted: str) -> str:
-        """``FILE:LINE: dotted`` (the line of the closest key given)."""
-        key = dotted
-        while key and key not in self.lines:
-            key = key.rpartition(".")[0]
-        return f"{self.file}:{self.lines.get(key, 1)}: {dotted}"
+        return _where(self.file, self.lines, dotted)
 
     def problem(self, dotted: str, message: str | Callable[[], str], *, line: int | None = None) -> None:
         if len(self.problems) >= ConfigError.MAX_PROBLEMS:
@@ -456,7 +462,7 @@ class _Reader:
         self.problems.append(f"{where}: {text}")
 
     def section(self, dotted: str, allowed: tuple[str, ...], required: bool = False) -> dict[str, Any]:
-        value = self._lookup(dotted)
+        value = self.lookup(dotted)
         if value is None:
             if required:
                 self.problem(dotted, "required section is missing")
@@ -470,13 +476,30 @@ class _Reader:
                 self.problem(f"{dotted}.{short}" if dotted else short, lambda k=key: "unknown key" + _suggest(k, allowed))
         return value
 
-    def _lookup(self, dotted: str) -> Any:
+    def lookup(self, dotted: str) -> Any:
+        """The raw value at ``dotted`` (None when absent or under a non-mapping)."""
         node: Any = self.data
         for part in dotted.split(".") if dotted else []:
             if not isinstance(node, dict):
                 return None
             node = node.get(part)
         return node
+
+    def field(self, dotted: str, f: Field, section: dict[str, Any]) -> Any:
+        """The value of the declared key ``f`` at ``dotted`` in ``section``: checked, converted, or its default."""
+        if f.form == "names":
+            return self.names(dotted, choices=self.choices.get(f.choices_from or "", f.choices), section=section)
+        if f.form == "indices":
+            return self.indices(dotted, section)
+        if f.form == "path":
+            must = None if dotted in self.unchecked else f.must
+            value = self.path(dotted, required=f.required, must=must, section=section)
+        else:
+            value = self.get(dotted, f.kind, None, required=f.required, choices=f.choices, minimum=f.minimum,
+                             maximum=f.maximum, check=f.check, section=section)
+        if value is None:  # absent, null or wrong: the default, computed only now (it may resolve a path)
+            return f.default.of(self.file) if isinstance(f.default, Computed) else f.default
+        return f.convert(value) if f.convert is not None else value
 
     def get(
         self,
@@ -489,9 +512,11 @@ class _Reader:
         minimum: float | None = None,
         maximum: float | None = None,
         check: Callable[[Any], str | None] | None = None,
+        section: dict[str, Any] | None = None,
     ) -> Any:
+        """The value at ``dotted`` (looked up in ``section``, its parent mapping, when given), or ``default``."""
         parent, _, key = dotted.rpartition(".")
-        container = self._lookup(parent) if parent else self.data
+        container = section if section is not None else self.lookup(parent) if parent else self.data
         if not isinstance(container, dict) or key not in container or container[key] is None:
             if required:
                 self.problem(dotted, "required key is missing")
@@ -527,11 +552,13 @@ class _Reader:
                 return default
         return value
 
-    def path(self, dotted: str, *, required: bool = False, must: str | None = None) -> Path | None:
+    def path(self, dotted: str, *, required: bool = False, must: str | None = None,
+             section: dict[str, Any] | None = None) -> Path | None:
         """A path relative to the config file's folder; ``must`` = "file" or "dir" checks that it exists."""
-        raw = self.get(dotted, str, required=required)
-        if raw is None:
-            return None
+        raw = self.get(dotted, str, required=required, section=section)
+        return None if raw is None else self.resolve(dotted, raw, must)
+
+    def resolve(self, dotted: str, raw: str, must: str | None) -> Path:
         resolved = (self.file.parent / Path(raw).expanduser()).resolve()
         if must == "file" and not resolved.is_file():
             self.problem(dotted, f"file not found: {resolved}")
@@ -539,8 +566,9 @@ class _Reader:
             self.problem(dotted, f"folder not found: {resolved}")
         return resolved
 
-    def names(self, dotted: str, *, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        value = self.get(dotted, (list, str), [])
+    def names(self, dotted: str, *, choices: tuple[str, ...] | None = None,
+              section: dict[str, Any] | None = None) -> tuple[str, ...]:
+        value = self.get(dotted, (list, str), [], section=section)
         items = [value] if isinstance(value, str) else value
         out: dict[str, None] = {}  # ordered, and a set: a list of 10^5 names is checked in linear time
         for i, item in enumerate(items):
@@ -555,6 +583,15 @@ class _Reader:
                 out[item] = None
         return tuple(out)
 
+    def indices(self, dotted: str, section: dict[str, Any] | None = None) -> tuple[int, ...]:
+        out = []
+        for i, c in enumerate(self.get(dotted, list, [], section=section)):
+            if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+                self.problem(f"{dotted}[{i}]", f"expected a channel index >= 0, got {_show(c)}")
+            else:
+                out.append(c)
+        return tuple(out)
+
 
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a mapping"}
 
@@ -567,10 +604,17 @@ def _type_name(value: Any) -> str:
     )
 
 
+# --- per-value checks and conversions named in the table ---------------------------------------------------------
+
+
 def _triple(value: list) -> str | None:
     if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return f"expected a list of 3 numbers, got {_show(value)}"
     return None
+
+
+def _floats(value: list) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
 
 
 def _size(value: Any) -> str | None:
@@ -580,52 +624,14 @@ def _size(value: Any) -> str | None:
     return None
 
 
-def _read_model(r: _Reader) -> ModelConfig | None:
-    r.section("model", ("source", "name", "weights", "allow_pickle", "num_classes", "labels", "preprocess"),
-              required=True)
-    r.section("model.preprocess", ("size", "resize", "crop_pct", "interpolation", "mean", "std"))
-    source = r.get("model.source", str, required=True, choices=MODEL_SOURCES)
-    name = r.get("model.name", str, required=True)
-    if source in ("torchscript", "export") and name is not None:
-        name = str(r.path("model.name", must="file"))
-    elif source == "factory" and name is not None and ":" not in name:
-        r.problem("model.name", f"expected 'package.module:function' for a factory, got {_show(name)}")
-    weights = r.path("model.weights", must="file")
-    allow_pickle = r.get("model.allow_pickle", bool, False)
-    num_classes = r.get("model.num_classes", int, minimum=1)
-    labels: str | Path = r.get("model.labels", str, "imagenet")
-    if labels not in ("imagenet", "none"):
-        labels = r.path("model.labels", must="file") or labels
-    size = r.get("model.preprocess.size", (int, list), check=_size)
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size * 2 if len(size) == 1 else size)
-    mean = r.get("model.preprocess.mean", list, check=_triple)
-    std = r.get("model.preprocess.std", list, check=_triple)
-    if std is not None and any(s == 0 for s in std):
-        r.problem("model.preprocess.std", f"expected non-zero values, got {_show(std)}")
-    pre = PreprocessConfig(
-        size=size,
-        resize=r.get("model.preprocess.resize", str, "squash", choices=_RESIZE_MODES),
-        crop_pct=r.get("model.preprocess.crop_pct", float, 0.875, minimum=0.1, maximum=1.0),
-        interpolation=r.get("model.preprocess.interpolation", str, choices=_INTERPOLATIONS),
-        mean=tuple(float(v) for v in mean) if mean else None,
-        std=tuple(float(v) for v in std) if std else None,
-    )
-    if source is None or name is None:
+def _size_pair(value: int | list) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value * 2 if len(value) == 1 else value)
+
+
+def _device_check(value: str) -> str | None:
+    if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:") and value[5:].isdigit():
         return None
-    return ModelConfig(source=source, name=name, weights=weights, num_classes=num_classes, labels=labels,
-                       preprocess=pre, allow_pickle=allow_pickle)
-
-
-def _placement(output: Path, cache_dir: Path, data: Path | None, config: Path, model: ModelConfig | None,
-               where: Callable[[str], str]) -> list[str]:
-    """Output/cache folders that could overwrite or delete user files (see ``reportgen.outfolder``)."""
-    from reportgen.outfolder import placement_problems
-
-    files = (("weights", model.weights), ("labels", model.labels)) if model is not None else ()
-    inputs = [(f"model.{key}", value) for key, value in files if isinstance(value, Path)]
-    return placement_problems(output=output, cache_dir=cache_dir, data=data, config=config, inputs=inputs,
-                              where=where)
+    return f"expected auto, cpu, cuda, cuda:N or mps, got {_show(value)}"
 
 
 def _draw_workers_check(value: int | str) -> str | None:
@@ -634,53 +640,206 @@ def _draw_workers_check(value: int | str) -> str | None:
     return None if 0 <= value <= 64 else f"expected 'auto' or 0..64 processes, got {value}"
 
 
-def _unwritable(folder: Path) -> str | None:
-    """Why ``folder`` could not be created or written (its nearest existing ancestor decides), else None."""
-    probe = folder
-    try:
-        while not probe.exists():
-            if probe.parent == probe:
-                return None
-            probe = probe.parent
-    except (OSError, ValueError):  # a name the OS refuses; creating the folder will say so
+def _colormap_check(value: str) -> str | None:
+    import matplotlib
+
+    if value in matplotlib.colormaps:
         return None
-    if not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable by this user"
-    return None
+    return f"unknown colormap {_show(value)}" + _suggest(value, tuple(matplotlib.colormaps))
 
 
-def _read_targets(r: _Reader) -> tuple[str, int | None]:
-    raw = r.get("cams.target", (str, int), "predicted")
-    if isinstance(raw, int):
-        if raw < 0:
-            r.problem("cams.target", f"expected a class index >= 0, got {raw}")
-        return "class", raw
-    if raw not in ("predicted", "true", "topk"):
-        r.problem("cams.target", lambda: f"expected predicted, true, topk or a class index, got {_show(raw)}"
-                  + _suggest(raw, ("predicted", "true", "topk")))
-        return "predicted", None
-    return raw, None
+# --- the table: every key of a config, declared once -------------------------------------------------------------
 
 
-def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None,
-                data_dir: Path | None = None) -> RunConfig:
-    """Read and validate a YAML config; raise ``ConfigError`` listing every problem found.
+class Computed(NamedTuple):
+    """A default that depends on where the config file is: ``text`` for people, ``of(config_path)`` for the reader."""
 
-    Args:
-        path: the YAML file.
-        method_names: the CAM method names to accept (defaults to the method registry's).
-        data_dir: an image folder that replaces ``data.path`` (``--data``); the config's own folder then need not exist.
+    text: str
+    of: Callable[[Path], Any]
+
+
+class Field(NamedTuple):  # a NamedTuple, not a dataclass: the table is built at import, and this is ~6x cheaper
+    """One config key: what it accepts, its default, bounds and help (the reader, ``config-schema`` and
+    ``validate --explain`` all read this).
+
+    Attributes:
+        name: the key inside its section.
+        kind: the YAML type(s) accepted (``float`` also takes an integer).
+        default: the value when the key is absent or null; a ``Computed`` one depends on the config's path.
+        help: one line for people.
+        minimum, maximum, choices, check: bounds; ``check(value)`` returns what is wrong, or None.
+        required: a missing key is a problem.
+        form: ``value``; ``path`` (text resolved against the config's folder; ``must`` = "file"/"dir" must exist);
+            ``names`` (a name or a list of distinct names, from ``choices`` or the list ``choices_from`` names);
+            ``indices`` (a list of integers >= 0); ``section`` (a mapping read by its own ``Section`` or function).
+        convert: turns a valid value into the dataclass's (``[224]`` → ``(224, 224)``).
+        type_text, allowed_text, default_text: how the schema shows them where ``kind`` and ``default`` would
+            mislead.
     """
-    path = Path(path)
-    text = _read_text(path)
-    from reportgen.methods import get_method
 
-    if method_names is None:
-        from reportgen.methods import cam_method_names
+    name: str
+    kind: type | tuple[type, ...]
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
+    required: bool = False
+    form: str = "value"
+    must: str | None = None
+    choices_from: str | None = None
+    convert: Callable[[Any], Any] | None = None
+    type_text: str | None = None
+    allowed_text: str | None = None
+    default_text: str | None = None
 
-        method_names = cam_method_names()
+
+class Section(NamedTuple):
+    """A mapping of the config (``""``: the top level), the dataclass it becomes, and its keys in reading order."""
+
+    name: str
+    help: str
+    fields: tuple[Field, ...]
+    required: bool = False
+
+
+def _sub(name: str, help: str, **kw: Any) -> Field:
+    return Field(name, dict, None, help, form="section", type_text="mapping", **kw)
+
+
+def _names(name: str, help: str, **kw: Any) -> Field:
+    return Field(name, list, (), help, form="names", type_text="list of names", **kw)
+
+
+_MODELS = "the model's (timm) or ImageNet's"
+SECTIONS: tuple[Section, ...] = (
+    Section("", "keys outside any section", (
+        Field("title", str, Computed("reportgen: <config stem>", lambda p: f"reportgen: {p.stem}"),
+              "the report's title"),
+        _sub("model", "which network, and how to fill it", required=True),
+        _sub("data", "the images", required=True),
+        _sub("run", "where results go and where the work runs"),
+        _sub("kernels", "conv weights drawn as images"),
+        _sub("feature_maps", "activations per image and layer"),
+        _sub("cams", "class activation maps and saliency, per image"),
+        _sub("filters", "activation maximization"),
+        _sub("report", "how the report is drawn"),
+    )),
+    Section("model", "which network to build and how to fill it", (
+        Field("source", str, None, "where the model comes from", choices=MODEL_SOURCES, required=True),
+        Field("name", str, None, "timm/torchvision name; a .pt (torchscript) or .pt2 (export) file; "
+              "package.module:function (factory)", required=True),
+        Field("weights", str, None, "local weights: .pt/.pth (loaded with weights_only=True) or .safetensors; "
+              "nothing is downloaded", form="path", must="file", type_text="path to a file",
+              default_text="none: set by the factory or file, else a seeded random initialisation"),
+        Field("allow_pickle", bool, False, "true: a .pt that weights_only=True refuses is unpickled in full "
+              "(that can run code in the file: only for files you trust)"),
+        Field("num_classes", int, None, "passed to the model's constructor", minimum=1,
+              default_text="the constructor's"),
+        Field("labels", str, "imagenet", "class names: ImageNet's, none, or a text file with one name per line",
+              type_text="imagenet, none or a path to a file"),
+        _sub("preprocess", "how an image becomes the network's input"),
+    ), required=True),
+    Section("model.preprocess", f"how an image becomes the network's input; unset keys are {_MODELS}", (
+        Field("size", (int, list), None, "input size in pixels", check=_size, convert=_size_pair,
+              type_text="integer >= 8 or [height, width]", default_text=_MODELS),
+        Field("resize", str, "squash", "squash: the whole image (overlays cover the photo); crop: timm's centre "
+              "crop", choices=_RESIZE_MODES),
+        Field("crop_pct", float, 0.875, "share of the resized image that resize: crop keeps", minimum=0.1,
+              maximum=1.0),
+        Field("interpolation", str, None, "resampling filter of the resize", choices=_INTERPOLATIONS,
+              default_text=_MODELS),
+        Field("mean", list, None, "per-channel mean subtracted from the RGB input (0..1 scale)", check=_triple,
+              convert=_floats, type_text="list of 3 numbers", default_text=_MODELS),
+        Field("std", list, None, "per-channel divisor of the RGB input (non-zero)", check=_triple, convert=_floats,
+              type_text="list of 3 numbers", default_text=_MODELS),
+    )),
+    Section("data", "the images", (
+        Field("path", str, None, "image folder, walked recursively; class subfolders become labels (ImageFolder "
+              "layout)", required=True, form="path", must="dir", type_text="path to a folder"),
+        Field("limit", int, None, "read at most this many images", minimum=1, default_text="all"),
+    ), required=True),
+    Section("run", "where results go and where the work runs", (
+        Field("output", str, Computed("<config dir>/outputs/<config stem>",
+                                      lambda p: (p.parent / "outputs" / p.stem).resolve()),
+              "the report folder; a finished run there is replaced only with --force", form="path",
+              type_text="path to a folder"),
+        Field("cache_dir", str, Computed("~/.cache/reportgen", lambda p: (Path.home() / ".cache" / "reportgen").resolve()),
+              "tensor and figure cache, shared by runs", form="path", type_text="path to a folder"),
+        Field("device", str, "auto", "auto picks CUDA when present", check=_device_check,
+              allowed_text="auto, cpu, cuda, cuda:N, mps"),
+        Field("batch_size", int, 8, "images per forward pass", minimum=1),
+        Field("workers", int, 0, "image-decoding processes (DataLoader workers)", minimum=0),
+        Field("channels_last", bool, True, "NHWC weights and inputs: ~1.5x faster on CPU, maps equal to float32 "
+              "rounding; part of the cache key"),
+        Field("draw_workers", (int, str), "auto", "processes drawing figures while the model works (auto: 0 on "
+              "CPU, the cores left on CUDA)", check=_draw_workers_check, allowed_text="auto or 0..64"),
+    )),
+    Section("kernels", "conv weights drawn as images, per layer", (
+        _names("layers", "conv layers (qualified names: see reportgen layers)"),
+        Field("max_kernels", int, 64, "kernels drawn per layer: those of largest L2 norm", minimum=1, maximum=65536),
+    )),
+    Section("feature_maps", "activations per image and layer", (
+        _names("layers", "layers whose outputs are drawn"),
+        Field("top_k", int, 16, "channels drawn per image: highest mean activation", minimum=1, maximum=256),
+    )),
+    Section("cams", "class activation maps and saliency, per image, target and layer", (
+        _names("methods", "methods to run (see reportgen methods)", choices_from="methods",
+               allowed_text="the cam methods of reportgen methods"),
+        _names("layers", "layers the layer methods explain (required with them); input-level methods ignore it"),
+        Field("target", (str, int), "predicted", "the class explained: the prediction, the folder label, the "
+              "top_k predictions, or a fixed class index", type_text="string or integer",
+              allowed_text="predicted, true, topk, or a class index >= 0"),
+        Field("top_k", int, 1, "classes explained with target: topk", minimum=1, maximum=20),
+        Field("eigen_smooth", bool, False, "first principal component instead of the channel sum (gradient CAMs)"),
+        Field("aug_smooth", bool, False, "average over flips and brightness factors (gradient CAMs)"),
+        _sub("params", "per method: cams.params.METHOD.NAME; reportgen methods lists them with defaults and bounds",
+             allowed_text="the parameters of reportgen methods", default_text="each parameter's default"),
+    )),
+    Section("filters", "activation maximization: one image per (layer, channel), beside the kernel gallery", (
+        _names("layers", "layers whose channels are optimised"),
+        Field("channels", list, (), "channel indices optimised in each layer (required with layers)",
+              form="indices", type_text="list of integers >= 0"),
+        Field("size", int, 128, "image side in pixels", minimum=16, maximum=1024),
+        Field("steps", int, 256, "Adam steps", minimum=1, maximum=100000),
+        Field("lr", float, 0.05, "Adam learning rate", minimum=1e-6, maximum=10.0),
+        Field("parameterization", str, "fourier", "fourier: decorrelated colour (lucent-style); pixel: "
+              "FlashTorch-style", choices=("fourier", "pixel")),
+        Field("transforms", bool, True, "random jitter, scale and rotation at each step"),
+        Field("seed", int, 0, "seed of the start image and the transforms", minimum=0),
+        Field("batch_size", int, 16, "channels optimised together", minimum=1, maximum=4096),
+    )),
+    Section("report", "how the report is drawn", (
+        Field("pdf", bool, True, "also print report.pdf"),
+        Field("colormap", str, "jet", "colormap of the overlays and feature maps", check=_colormap_check,
+              allowed_text="a matplotlib colormap name"),
+        Field("alpha", float, 0.45, "opacity of a CAM over its photo", minimum=0.0, maximum=1.0),
+        Field("image_size", int, 384, "long side of the photos drawn, in pixels", minimum=64, maximum=4096),
+        Field("raw_maps", str, "reduced", "full also stores the signed per-channel (3, H, W) attribution of "
+              "input-level methods in maps/, for comparison with captum", choices=("reduced", "full")),
+    )),
+)
+_SECTION = {s.name: s for s in SECTIONS}
+_KEYS = {s.name: tuple(f.name for f in s.fields) for s in SECTIONS}
+
+
+def _read_section(r: _Reader, section: Section) -> dict[str, Any]:
+    """Every key of ``section``: unknown keys reported (with close matches), each value checked or defaulted."""
+    given = r.section(section.name, _KEYS[section.name], required=section.required)  # {} when absent or wrong
+    prefix = f"{section.name}." if section.name else ""
+    return {f.name: r.field(prefix + f.name, f, given) for f in section.fields if f.form != "section"}
+
+
+# --- reading a whole config: the generic read, then the rules that span keys -------------------------------------
+
+
+def _parse(path: Path, text: str | None) -> tuple[dict[str, Any], _Builder]:
+    """The config's plain data and its builder (key lines, duplicate keys); every hostile-input bound applies."""
+    if text is None:
+        text = _read_text(path)
+    elif len(text) > _MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > _MAX_BYTES:
+        raise ConfigError(f"{path}: the config is over the limit of {_MAX_BYTES:,} bytes")
     node = _compose(path, text)
     if node is None:
         raise ConfigError(f"{path}:1: the config is empty")
@@ -694,79 +853,94 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         raise ConfigError(f"{path}:{line}: YAML value error: {_shorten(reason)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level, got {_type_name(data)}")
-    lines = builder.lines
-    r = _Reader(path, data, lines)
+    return data, builder
+
+
+def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None,
+                data_dir: Path | None = None, text: str | None = None) -> RunConfig:
+    """Read and validate a YAML config; raise ``ConfigError`` listing every problem found.
+
+    Args:
+        path: the YAML file.
+        method_names: the CAM method names to accept (defaults to the method registry's).
+        data_dir: an image folder that replaces ``data.path`` (``--data``); the config's own folder then need not exist.
+        text: the YAML itself (the Python API's dict config); ``path`` then only names it in messages and anchors
+            its relative paths.
+    """
+    path = Path(path)
+    data, builder = _parse(path, text)
+    if method_names is None:
+        from reportgen.methods import cam_method_names
+
+        method_names = cam_method_names()
+    r = _Reader(path, data, builder.lines, choices={"methods": method_names},
+                unchecked=("data.path",) if data_dir is not None else ())
     for dotted, line, first in builder.duplicates:
         r.problem(dotted, f"duplicate key (first given on line {first}); give it once", line=line)
-    r.section("", ("title", "model", "data", "run", "kernels", "feature_maps", "cams", "filters", "report"))
-    title = r.get("title", str, f"reportgen: {path.stem}")
-    model = _read_model(r)
-
-    r.section("data", ("path", "limit"), required=True)
-    data_path = r.path("data.path", required=True, must=None if data_dir is not None else "dir")
+    v = {section.name: _read_section(r, section) for section in SECTIONS}
+    model = _model_rules(r, v["model"], v["model.preprocess"])
     if data_dir is not None:
-        data_path = Path(data_dir).resolve()
-    limit = r.get("data.limit", int, minimum=1)
-
-    r.section("run", ("output", "cache_dir", "device", "batch_size", "workers", "channels_last",
-                      "draw_workers"))
-    output = r.path("run.output") or (path.parent / "outputs" / path.stem).resolve()
-    cache_dir = r.path("run.cache_dir") or (Path.home() / ".cache" / "reportgen").resolve()
-    for key, folder in (("run.output", output), ("run.cache_dir", cache_dir)):
-        why = _unwritable(folder)
+        v["data"]["path"] = Path(data_dir).resolve()
+    for key in ("output", "cache_dir"):
+        why = _unwritable(v["run"][key])
         if why:
-            r.problem(key, f"cannot write to {folder}: {why}")
-    device = r.get("run.device", str, "auto", check=_device_check)
-    batch_size = r.get("run.batch_size", int, 8, minimum=1)
-    workers = r.get("run.workers", int, 0, minimum=0)
-    channels_last = r.get("run.channels_last", bool, True)
-    draw_workers = r.get("run.draw_workers", (int, str), "auto", check=_draw_workers_check)
-
-    r.section("kernels", ("layers", "max_kernels"))
-    kernels = KernelsConfig(r.names("kernels.layers"), r.get("kernels.max_kernels", int, 64, minimum=1, maximum=65536))
-    r.section("feature_maps", ("layers", "top_k"))
-    fmaps = FeatureMapsConfig(r.names("feature_maps.layers"), r.get("feature_maps.top_k", int, 16, minimum=1, maximum=256))
-    r.section("cams", ("methods", "layers", "target", "top_k", "eigen_smooth", "aug_smooth", "params"))
-    methods = r.names("cams.methods", choices=method_names)
-    cam_layers = r.names("cams.layers")
-    raw_cams = data.get("cams") if isinstance(data.get("cams"), dict) else {}
-    layered = [m for m in methods if get_method(m).needs_layer]
-    if layered and not raw_cams.get("layers"):
-        r.problem("cams.layers", f"required for {', '.join(layered)}: name at least one layer")
-    if raw_cams.get("layers") and not raw_cams.get("methods"):
-        r.problem("cams.methods", "required when cams.layers is given: name at least one method")
-    params = _read_params(r, methods)
-    target, class_index = _read_targets(r)
-    top_k = r.get("cams.top_k", int, 1, minimum=1, maximum=20)
-    eigen_smooth = r.get("cams.eigen_smooth", bool, False)
-    aug_smooth = r.get("cams.aug_smooth", bool, False)
-    filters = _read_filters(r)
-    r.section("report", ("pdf", "colormap", "alpha", "image_size"))
-    report = ReportOptions(
-        pdf=r.get("report.pdf", bool, True),
-        colormap=r.get("report.colormap", str, "jet", check=_colormap_check),
-        alpha=r.get("report.alpha", float, 0.45, minimum=0.0, maximum=1.0),
-        image_size=r.get("report.image_size", int, 384, minimum=64, maximum=4096),
-    )
-    r.problems.extend(_placement(output, cache_dir, data_path, path, model, r.where))
+            r.problem(f"run.{key}", f"cannot write to {v['run'][key]}: {why}")
+    cams = _cams_rules(r, v["cams"])
+    filters, channels = v["filters"], r.lookup("filters.channels")  # as given: a wrong item is its own problem
+    if filters["layers"] and not (isinstance(channels, list) and channels):
+        r.problem("filters.channels", "required when filters.layers is given: name at least one channel")
+    r.problems.extend(_placement(v["run"]["output"], v["run"]["cache_dir"], v["data"]["path"], path, model, r.where))
     if r.problems:
         raise ConfigError(r.problems, source=path, more=r.more)
-    assert model is not None and data_path is not None  # guaranteed when no problem was recorded
-    return RunConfig(
-        path=path,
-        title=title,
-        model=model,
-        data=DataConfig(path=data_path, limit=limit),
-        run=RunOptions(output=output, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
-                       channels_last=channels_last, draw_workers=draw_workers),
-        kernels=kernels,
-        feature_maps=fmaps,
-        cams=CamsConfig(methods=methods, layers=cam_layers, target=target, class_index=class_index, top_k=top_k,
-                        eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, params=params),
-        filters=filters,
-        report=report,
-        lines=dict(lines),
-    )
+    assert model is not None  # guaranteed when no problem was recorded
+    return RunConfig(path=path, title=v[""]["title"], model=model, data=DataConfig(**v["data"]),
+                     run=RunOptions(**v["run"]), kernels=KernelsConfig(**v["kernels"]),
+                     feature_maps=FeatureMapsConfig(**v["feature_maps"]), cams=cams,
+                     filters=FiltersConfig(**filters), report=ReportOptions(**v["report"]), lines=dict(builder.lines))
+
+
+def _model_rules(r: _Reader, values: dict[str, Any], pre: dict[str, Any]) -> ModelConfig | None:
+    """What each model source needs of ``model.name``, a labels file that exists, a std that divides."""
+    source, name = values["source"], values["name"]
+    if source in ("torchscript", "export") and name is not None:
+        name = str(r.resolve("model.name", name, must="file"))
+    elif source == "factory" and name is not None and ":" not in name:
+        r.problem("model.name", f"expected 'package.module:function' for a factory, got {_show(name)}")
+    if values["labels"] not in ("imagenet", "none"):
+        values["labels"] = r.resolve("model.labels", values["labels"], must="file")
+    if pre["std"] is not None and any(s == 0 for s in pre["std"]):
+        r.problem("model.preprocess.std", f"expected non-zero values, got {_show(r.lookup('model.preprocess.std'))}")
+    if source is None or name is None:
+        return None
+    return ModelConfig(**{**values, "name": name}, preprocess=PreprocessConfig(**pre))
+
+
+def _cams_rules(r: _Reader, values: dict[str, Any]) -> CamsConfig:
+    """Layers for the methods that explain one, methods for the layers, each method's parameters, the target."""
+    from reportgen.methods import get_method
+
+    methods = values["methods"]
+    layered = [m for m in methods if get_method(m).needs_layer]
+    if layered and not r.lookup("cams.layers"):
+        r.problem("cams.layers", f"required for {', '.join(layered)}: name at least one layer")
+    if r.lookup("cams.layers") and not r.lookup("cams.methods"):
+        r.problem("cams.methods", "required when cams.layers is given: name at least one method")
+    params = _read_params(r, methods)
+    target, class_index = _target(r, values.pop("target"))
+    return CamsConfig(**values, target=target, class_index=class_index, params=params)
+
+
+def _target(r: _Reader, raw: str | int) -> tuple[str, int | None]:
+    """``cams.target`` as (kind, class index): a class index means kind ``class``."""
+    if isinstance(raw, int):
+        if raw < 0:
+            r.problem("cams.target", f"expected a class index >= 0, got {raw}")
+        return "class", raw
+    if raw not in ("predicted", "true", "topk"):
+        r.problem("cams.target", lambda: f"expected predicted, true, topk or a class index, got {_show(raw)}"
+                  + _suggest(raw, ("predicted", "true", "topk")))
+        return "predicted", None
+    return raw, None
 
 
 def _read_params(r: _Reader, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -803,41 +977,153 @@ def _read_params(r: _Reader, methods: tuple[str, ...]) -> dict[str, dict[str, An
     return out
 
 
-def _read_filters(r: _Reader) -> FiltersConfig:
-    r.section("filters", ("layers", "channels", "size", "steps", "lr", "parameterization", "transforms", "seed",
-                          "batch_size"))
-    layers = r.names("filters.layers")
-    raw = r.get("filters.channels", list, [])
-    channels: list[int] = []
-    for i, c in enumerate(raw):
-        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
-            r.problem(f"filters.channels[{i}]", f"expected a channel index >= 0, got {_show(c)}")
+def _placement(output: Path, cache_dir: Path, data: Path | None, config: Path, model: ModelConfig | None,
+               where: Callable[[str], str]) -> list[str]:
+    """Output/cache folders that could overwrite or delete user files (see ``reportgen.outfolder``)."""
+    from reportgen.outfolder import placement_problems
+
+    files = (("weights", model.weights), ("labels", model.labels)) if model is not None else ()
+    inputs = [(f"model.{key}", value) for key, value in files if isinstance(value, Path)]
+    return placement_problems(output=output, cache_dir=cache_dir, data=data, config=config, inputs=inputs,
+                              where=where)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` could not be created or written (its nearest existing ancestor decides), else None."""
+    probe = folder
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                return None
+            probe = probe.parent
+    except (OSError, ValueError):  # a name the OS refuses; creating the folder will say so
+        return None
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    return None
+
+
+# --- the table for people: `reportgen config-schema` and `reportgen validate --explain` ---------------------------
+
+_SCHEMA_KINDS = {str: "string", int: "integer", float: "number", bool: "true or false", list: "list", dict: "mapping"}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data: tuples become lists, paths text, mappings keep their order."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
+def _value_text(value: Any, limit: int = 200) -> str:
+    """JSON text of ``value``, with characters a terminal would act on escaped, cut to ``limit`` characters."""
+    text = json.dumps(_plain(value), ensure_ascii=False)
+    text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _schema_rows(section: Section) -> list[tuple[Field, dict[str, Any]]]:
+    """Each key of ``section`` with its plain record (a mapping read by a ``Section`` of its own is listed there)."""
+    prefix = f"{section.name}." if section.name else ""
+    rows = []
+    for f in section.fields:
+        if prefix + f.name in _SECTION:
+            continue
+        kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+        if f.default_text is not None:
+            shown = f.default_text
+        elif isinstance(f.default, Computed):
+            shown = f.default.text
         else:
-            channels.append(c)
-    if layers and not raw:
-        r.problem("filters.channels", "required when filters.layers is given: name at least one channel")
-    return FiltersConfig(
-        layers=layers,
-        channels=tuple(channels),
-        size=r.get("filters.size", int, 128, minimum=16, maximum=1024),
-        steps=r.get("filters.steps", int, 256, minimum=1, maximum=100000),
-        lr=r.get("filters.lr", float, 0.05, minimum=1e-6, maximum=10.0),
-        parameterization=r.get("filters.parameterization", str, "fourier", choices=("fourier", "pixel")),
-        transforms=r.get("filters.transforms", bool, True),
-        seed=r.get("filters.seed", int, 0, minimum=0),
-        batch_size=r.get("filters.batch_size", int, 16, minimum=1, maximum=4096),
-    )
+            shown = "required" if f.required else _value_text(f.default)
+        if f.allowed_text is not None or f.choices is not None:
+            allowed = f.allowed_text or ", ".join(f.choices or ())
+        else:
+            low = "" if f.minimum is None else f"{f.minimum:g}"
+            allowed = f"{low}..{f.maximum:g}" if f.maximum is not None else f">= {low}" if low else ""
+        rows.append((f, {
+            "key": prefix + f.name, "type": f.type_text or " or ".join(_SCHEMA_KINDS[k] for k in kinds),
+            "required": f.required, "default": None if isinstance(f.default, Computed) else _plain(f.default),
+            "default_text": shown, "minimum": f.minimum, "maximum": f.maximum,
+            "choices": list(f.choices) if f.choices else None, "allowed": allowed, "help": f.help,
+        }))
+    return rows
 
 
-def _device_check(value: str) -> str | None:
-    if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:") and value[5:].isdigit():
-        return None
-    return f"expected auto, cpu, cuda, cuda:N or mps, got {_show(value)}"
+def config_schema(fmt: str = "text") -> str:
+    """Every config key with its type, default, bounds or choices and help, by section, from ``SECTIONS``.
+
+    Args:
+        fmt: ``text`` (for people), ``json`` (for tools) or ``markdown`` (docs/CONFIG.md is this output).
+    """
+    sections = [(s, _schema_rows(s)) for s in SECTIONS]
+    if fmt == "json":
+        return json.dumps({"sections": [{"name": s.name, "help": s.help, "required": s.required,
+                                         "keys": [row for _, row in rows]} for s, rows in sections]}, indent=2) + "\n"
+    if fmt == "markdown":
+        return _schema_markdown(sections)
+    if fmt != "text":
+        raise ValueError(f"expected text, json or markdown, got {fmt!r}")
+    out = ["Config keys (relative paths are relative to the config file's folder; per-method parameters: "
+           "reportgen methods)"]
+    for s, rows in sections:
+        out.append(f"\n{s.name or '(top level)'}: {s.help}" + (" [required section]" if s.required else ""))
+        for _, row in rows:
+            detail = "; ".join(x for x in (row["type"], row["allowed"]) if x)
+            out.append(f"  {row['key']} = {row['default_text']}  ({detail})\n      {row['help']}")
+    return "\n".join(out) + "\n"
 
 
-def _colormap_check(value: str) -> str | None:
-    import matplotlib
+def _schema_markdown(sections: list[tuple[Section, list[tuple[Field, dict[str, Any]]]]]) -> str:
+    def cell(text: str, code: bool = False) -> str:
+        text = text.replace("|", "\\|")
+        return f"`{text}`" if code and text else text
 
-    if value in matplotlib.colormaps:
-        return None
-    return f"unknown colormap {_show(value)}" + _suggest(value, tuple(matplotlib.colormaps))
+    out = ["# Config keys", "",
+           "Generated by `reportgen config-schema --format markdown` from the table in `reportgen/config.py` "
+           "(`SECTIONS`); do not edit by hand: `tests/test_config_schema.py` checks that this file equals the "
+           "command's output. Relative paths are relative to the config file's folder. `reportgen validate "
+           "CONFIG --explain` shows a config's resolved values and where each came from; `reportgen methods` "
+           "lists the parameters under `cams.params`."]
+    for s, rows in sections:
+        required = " (required)" if s.required else ""
+        title = f"`{s.name}`" if s.name else "Top level"
+        out += ["", f"## {title}{required}", "", s.help[:1].upper() + s.help[1:] + ".", "",
+                "| key | type | default | allowed | help |", "| --- | --- | --- | --- | --- |"]
+        for f, row in rows:
+            literal = f.default_text is None and not f.required  # a value, not words about one
+            out.append(f"| `{row['key']}` | {cell(row['type'])} | {cell(row['default_text'], literal)} | "
+                       f"{cell(row['allowed'])} | {cell(row['help'])} |")
+    return "\n".join(out) + "\n"
+
+
+def explain_config(cfg: RunConfig) -> list[str]:
+    """One line per key of a loaded config (each chosen method's parameters too): its resolved value as JSON and
+    where it came from, ``# line N`` of ``cfg.path`` or ``# default``."""
+    rows: list[tuple[str, Any, str]] = []
+    for section in SECTIONS:
+        obj: Any = cfg
+        for part in section.name.split(".") if section.name else ():
+            obj = getattr(obj, part)
+        prefix = f"{section.name}." if section.name else ""
+        for f in section.fields:
+            if prefix + f.name == "cams.params":  # the chosen methods' parameters, all of them
+                rows += [(f"cams.params.{method}.{name}", value, "") for method, params in cfg.cams.params.items()
+                         for name, value in params.items()]
+            if f.form == "section":
+                continue
+            value = getattr(obj, f.name)
+            if prefix + f.name == "cams.target" and value == "class":  # stored as kind + index
+                value = cfg.cams.class_index
+            rows.append((prefix + f.name, value, f.default_text or ""))
+    width = max(len(key) for key, _, _ in rows)
+    out = []
+    for key, value, note in rows:
+        line = cfg.lines.get(key)
+        origin = f"line {line}" if line is not None else f"default: {note}" if note else "default"
+        out.append(f"{key:<{width}} = {_value_text(value)}  # {origin}")
+    return out

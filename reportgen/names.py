@@ -11,11 +11,12 @@ safetensors headers, HTML, PDF). And a name we derive from a long one (``maps/<n
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
 
-__all__ = ["readable", "readable_data", "file_part", "shorten", "MAX_PART"]
+__all__ = ["readable", "readable_data", "file_part", "shorten", "close_matches", "MAX_PART"]
 
 MAX_PART = 64  # characters (= bytes: ASCII) of a derived name; the longest asset name built on one stays < 160
 
@@ -71,3 +72,18 @@ def readable_data(value: object) -> object:
     if isinstance(value, list | tuple):
         return [readable_data(v) for v in value]
     return value
+
+
+def close_matches(word: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
+    """Up to ``n`` candidates close to ``word`` (typos, missing prefixes), best first."""
+    if len(word) > 80:  # no name is that long; and difflib's work grows with it
+        return []
+    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
+    if len(found) < n:
+        tail = word.rsplit(".", 1)[-1]
+        for cand in candidates:
+            if cand not in found and (cand.endswith("." + tail) or cand.startswith(word + ".")):
+                found.append(cand)
+            if len(found) >= n:
+                break
+    return found
