@@ -13,31 +13,41 @@ import errno
 import functools
 import os
 import re
+import secrets
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from reportgen import failpoints
 
-__all__ = ["temp_file", "replace_atomically", "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error"]
+__all__ = ["temp_file", "replace_atomically", "write_text_atomically", "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error"]
 
 _PID = re.compile(r"^\.(?:tmp|partial|old)-(\d+)-")
 
 
 def temp_file(folder: Path, suffix: str) -> Path:
-    """A new empty file in ``folder`` named ``.tmp-<pid>-<random><suffix>``."""
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=suffix)
-    os.close(fd)
-    return Path(name)
+    """A new empty file in ``folder`` named ``.tmp-<pid>-<random><suffix>``, readable as the umask allows.
+
+    (``tempfile.mkstemp`` would make it private to this user: a report or a shared cache is meant to be read.)
+    """
+    for _ in range(100):
+        path = Path(folder) / f".tmp-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Make ``path``'s folder, ``write`` a temporary beside it (``temp_file``), then rename it onto ``path``.
 
-    Readers see the old file or the whole new one; the temporary is removed if anything fails (a process
-    killed mid-way leaves it for ``sweep``). Errors (``OSError``) are the caller's to word.
+    The one way reportgen writes a file for keeps (cache entries, model cards, figures, the HTML, the PDF, the
+    manifest): readers see the old file or the whole new one; the temporary is removed if anything fails, and a
+    process killed mid-way leaves it for ``sweep``, which recognises the name. Errors (``OSError``) are the
+    caller's to word.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path.parent, path.suffix)
@@ -47,6 +57,11 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``replace_atomically`` for UTF-8 text (``\n`` line ends)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
 
 
 def _alive(pid: int) -> bool:

@@ -22,11 +22,13 @@ import numpy as np
 from reportgen import failpoints
 from reportgen.atomic import describe_os_error, replace_atomically, sweep
 from reportgen.errors import CacheError
+from reportgen.results import RunStats
 from reportgen.tensorfile import write_tensors
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "TensorCache", "CacheInfo"]
 
-SCHEMA_VERSION = 3  # 2: entries carry a checksum of their arrays; 3: input-level maps float32 (were float16)
+SCHEMA_VERSION = 4  # 2: entries carry a checksum of their arrays; 3: input-level maps float32 (were float16);
+# 4: feature maps float32 (were float16: activations past 65504 became inf)
 _CHECKSUM = "reportgen.sha256"
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,23 @@ class CacheInfo:
 
 
 class TensorCache:
-    """Tensors on disk by key. Counts hits, misses and writes for the run summary."""
+    """Tensors on disk by key. Counts hits, misses and writes in ``stats`` (the run's ``RunStats``)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, stats: RunStats | None = None):
         self.root = Path(root)
-        self.hits = 0
-        self.misses = 0
-        self.writes = 0
+        self.stats = stats if stats is not None else RunStats()
+
+    @property
+    def hits(self) -> int:
+        return self.stats.cache_hits
+
+    @property
+    def misses(self) -> int:
+        return self.stats.cache_misses
+
+    @property
+    def writes(self) -> int:
+        return self.stats.cache_writes
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -72,7 +84,7 @@ class TensorCache:
 
         path = self._path(key)
         if not path.is_file():
-            self.misses += 1
+            self.stats.cache_misses += 1
             return None
         try:
             with safe_open(str(path), framework="np") as f:
@@ -83,9 +95,9 @@ class TensorCache:
         except Exception:  # a truncated, altered or foreign file: recompute rather than use or fail on it
             log.warning("cache entry %s is corrupt; recomputing it", path)
             path.unlink(missing_ok=True)
-            self.misses += 1
+            self.stats.cache_misses += 1
             return None
-        self.hits += 1
+        self.stats.cache_hits += 1
         return arrays, meta
 
     def has(self, key: str) -> bool:
@@ -100,7 +112,7 @@ class TensorCache:
             replace_atomically(self._path(key), lambda tmp: write_tensors(tmp, compact, stored))
         except OSError as exc:
             raise CacheError(f"cannot write cache entry in {self.root}: {describe_os_error(exc)}") from exc
-        self.writes += 1
+        self.stats.cache_writes += 1
         failpoints.reached("cache-put")
 
     def sweep(self) -> int:

@@ -13,6 +13,7 @@ import errno
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from reportgen.atomic import describe_os_error
 from reportgen.config import ReportOptions
 from reportgen.errors import RenderError
 from reportgen.figures import (
+    concept_colors,
+    concept_overlay,
     feature_panel,
     image_grid,
     kernel_grid,
@@ -29,12 +32,14 @@ from reportgen.figures import (
     overlay,
     save_jpeg,
     with_colorbar,
+    with_legend,
 )
 from reportgen.images import ImageRecord
 from reportgen.names import file_part
+from reportgen.results import FORMAT_VERSION, PREDICTIONS, ImageResult, ResultKey
 from reportgen.tensorfile import write_tensors
 
-__all__ = ["draw_image", "draw_kernels", "draw_filters", "ImageNotWritten"]
+__all__ = ["DrawContext", "draw_image", "draw_kernels", "draw_filters", "ImageNotWritten"]
 
 # A full disk (or file-size limit, or quota) ends the run: every later image would fail the same way.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -125,14 +130,30 @@ def _not_written(root: Path, rec: ImageRecord, exc: OSError) -> ImageNotWritten:
     return ImageNotWritten(f"cannot write its figures: {exc.strerror or exc}" + (f" ({where})" if where else ""))
 
 
-def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], display: np.ndarray,
-               box: tuple[int, int, int, int], class_names: Sequence[str], opts: ReportOptions, true_index: int | None,
-               cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str],
-               fm_layers: Sequence[str]) -> dict:
-    """Draw every figure of one image and write its raw maps; return its report entry.
+@dataclass(frozen=True)
+class DrawContext:
+    """What every image of a run is drawn with (sent to each drawing process once).
 
-    Args:
+    Attributes:
+        root: the report's staging folder.
         cam_methods: (name, title, needs_layer) per CAM/saliency method, in config order.
+        target: the target rule the maps explain (``ResultKey.target``).
+    """
+
+    root: Path
+    class_names: Sequence[str]
+    opts: ReportOptions
+    cam_methods: Sequence[tuple[str, str, bool]]
+    cam_layers: Sequence[str]
+    fm_layers: Sequence[str]
+    target: str = "predicted"
+
+    def class_name(self, i: int) -> str:
+        return self.class_names[i] if 0 <= i < len(self.class_names) else f"class {i}"
+
+
+def draw_image(ctx: DrawContext, image: ImageResult) -> dict:
+    """Draw every figure of one image and write its raw maps; return its report entry (plain data).
 
     Raises:
         ImageNotWritten: a file of this image could not be written (e.g. a name the file system refuses); its
@@ -140,66 +161,107 @@ def draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], displa
         OSError, RenderError: the disk is full: the run cannot go on.
     """
     try:
-        return _draw_image(root, rec, results, display, box, class_names, opts, true_index, cam_methods,
-                           cam_layers, fm_layers)
+        return _draw_image(ctx, image)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
             raise
-        raise _not_written(root, rec, exc) from exc
+        raise _not_written(ctx.root, image.record, exc) from exc
 
 
-def _draw_image(root: Path, rec: ImageRecord, results: dict[tuple, tuple], display: np.ndarray,
-                box: tuple[int, int, int, int], class_names: Sequence[str], opts: ReportOptions,
-                true_index: int | None, cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str],
-                fm_layers: Sequence[str]) -> dict:
-    base = f"assets/images/{rec.id}"
-    raw: dict[str, np.ndarray] = {}
-
-    def name(i: int) -> str:
-        return class_names[i] if 0 <= i < len(class_names) else f"class {i}"
-
-    logits = np.asarray(results[("pred",)][0]["logits"], dtype=np.float32)
-    raw["logits"] = logits
+def _predictions(ctx: DrawContext, image: ImageResult, raw: dict[str, np.ndarray]) -> tuple[list[dict], bool | None]:
+    """The top-5 classes with their probabilities, and whether the first is the image's label (None: no label)."""
+    logits = np.asarray(image.results[PREDICTIONS][0]["logits"], dtype=np.float32)
+    raw[PREDICTIONS.maps_name] = logits
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     top = np.argsort(-logits, kind="stable")[:5]  # rank logits: probabilities can tie in float32 (cam.resolve_targets)
-    predictions = [{"rank": r + 1, "class_index": int(c), "class_name": name(int(c)), "prob": round(float(probs[c]), 4)}
-                   for r, c in enumerate(top)]
-    entry = {
-        "id": rec.id, "path": rec.rel, "label": rec.label,
-        "width": int(display.shape[1]), "height": int(display.shape[0]),
-        "thumb": _save(Image.fromarray(display), root, f"{base}/thumb.jpg")["image"],
-        "correct": None if true_index is None else bool(int(top[0]) == true_index),
-        "predictions": predictions, "feature_maps": [], "cams": [], "maps_file": f"maps/{rec.id}.safetensors",
-    }
-    for layer in fm_layers:
-        tensors, _ = results[("fm", layer)]
+    predictions = [{"rank": r + 1, "class_index": int(c), "class_name": ctx.class_name(int(c)),
+                    "prob": round(float(probs[c]), 4)} for r, c in enumerate(top)]
+    return predictions, None if image.true_index is None else bool(int(top[0]) == image.true_index)
+
+
+def _feature_maps(ctx: DrawContext, image: ImageResult, base: str, raw: dict[str, np.ndarray]) -> list[dict]:
+    panels = []
+    for layer in ctx.fm_layers:
+        key = ResultKey.feature_maps(layer)
+        tensors, _ = image.results[key]
         maps = np.asarray(tensors["maps"], dtype=np.float32)
         channels = [int(c) for c in tensors["channels"]]
-        raw[f"feature_maps/{layer}"] = maps
-        raw[f"feature_maps/{layer}/channels"] = np.asarray(tensors["channels"])
-        fig = _save(feature_panel(maps, channels), root, f"{base}/fm-{_file_part(layer)}.jpg")
-        entry["feature_maps"].append({"layer": layer, **fig, "channels": channels, "shape": list(maps.shape)})
-    groups_of = [(layer, [m for m in cam_methods if m[2]]) for layer in cam_layers]
-    groups_of.append(("", [m for m in cam_methods if not m[2]]))
+        raw[key.maps_name] = maps
+        raw[f"{key.maps_name}/channels"] = np.asarray(tensors["channels"])
+        fig = _save(feature_panel(maps, channels), ctx.root, f"{base}/fm-{_file_part(layer)}.jpg")
+        panels.append({"layer": layer, **fig, "channels": channels, "shape": list(maps.shape)})
+    return panels
+
+
+_CONCEPTS = "dff_concepts"  # the note of a concept factorization: (K, C) concept embeddings as JSON
+
+
+def _concept_panel(ctx: DrawContext, image: ImageResult, base: str, key: ResultKey, maps: np.ndarray,
+                   meta: dict[str, str], title: str, raw: dict[str, np.ndarray]) -> dict:
+    """One overlay of an image's K concept maps (K, h, w) in K colours, with the concept legend below it.
+
+    The maps file gets the concept indices as the maps' ``targets`` and the (K, C) concept embeddings.
+    """
+    k = maps.shape[0]
+    raw[f"{key.maps_name}/targets"] = np.arange(k, dtype=np.int64)
+    raw[f"{key.maps_name}/concepts"] = np.asarray(json.loads(meta[_CONCEPTS]), dtype=np.float32).reshape(k, -1)
+    tops = json.loads(meta.get("dff_top_classes", "[]"))
+    labels = [f"{i + 1}: " + ", ".join(f"{ctx.class_name(int(c))} {float(p):.2f}" for c, p in tops[i])
+              if tops else f"concept {i + 1}" for i in range(k)]
+    colors = concept_colors(k)
+    img = concept_overlay(image.display, np.clip(maps, 0.0, 1.0), colors, alpha=ctx.opts.alpha, box=image.box)
+    img = with_legend(img, colors, labels)
+    tag = _file_part(key.layer)
+    panel = _save(img, ctx.root, f"{base}/cam-{key.method}-{tag}-concepts.jpg")
+    return {"method": key.method, "title": f"{title}: {k} concepts", **panel, "legend": " · ".join(labels)}
+
+
+def _cams(ctx: DrawContext, image: ImageResult, base: str, raw: dict[str, np.ndarray]) -> list[dict]:
+    """Per layer (then the input) and target, the panels of every method."""
+    groups_of = [(layer, [m for m in ctx.cam_methods if m[2]]) for layer in ctx.cam_layers]
+    groups_of.append(("", [m for m in ctx.cam_methods if not m[2]]))
+    out: list[dict] = []
     for layer, methods in groups_of:
         groups: list[dict] = []
         for method, title, _ in methods:
-            tensors, meta = results[("cam", method, layer)]
+            key = ResultKey.cam(method, layer, ctx.target)
+            tensors, meta = image.results[key]
             maps = np.asarray(tensors["maps"], dtype=np.float32)
             targets = [int(t) for t in tensors["targets"]]
             kinds = json.loads(meta.get("target_kinds", "[]")) or ["predicted"] * len(targets)
-            key = f"cam/{method}/{layer}" if layer else f"cam/{method}"
-            raw[key] = maps
-            raw[f"{key}/targets"] = np.asarray(tensors["targets"])
+            raw[key.maps_name] = maps
+            raw[f"{key.maps_name}/targets"] = np.asarray(tensors["targets"])
+            if "signed" in tensors:  # report.raw_maps: full
+                raw[f"{key.maps_name}/signed"] = np.asarray(tensors["signed"], dtype=np.float32)
             if not groups:
-                groups = [{"layer": layer, "target_index": t, "target_name": name(t), "target_kind": k, "panels": []}
-                          for t, k in zip(targets, kinds, strict=True)]
+                groups = [{"layer": layer, "target_index": t, "target_name": ctx.class_name(t), "target_kind": k,
+                           "panels": []} for t, k in zip(targets, kinds, strict=True)]
+            if _CONCEPTS in meta:  # concept maps (dff): one overlay of all K, beside the first target's panels
+                groups[0]["panels"].append(_concept_panel(ctx, image, base, key, maps, meta, title, raw))
+                continue
             for ti, cam in enumerate(maps):
-                groups[ti]["panels"].extend(_cam_panels(root, base, display, box, cam, method, title, layer, ti, opts))
-        entry["cams"].extend(groups)
-    meta = {"image": rec.rel, "digest": rec.digest, "label": str(rec.label)}
-    _save_maps(root / entry["maps_file"], raw, meta)
+                groups[ti]["panels"].extend(_cam_panels(ctx.root, base, image.display, image.box, cam, method, title,
+                                                        layer, ti, ctx.opts))
+        out.extend(groups)
+    return out
+
+
+def _draw_image(ctx: DrawContext, image: ImageResult) -> dict:
+    rec, display = image.record, image.display
+    base = f"assets/images/{rec.id}"
+    raw: dict[str, np.ndarray] = {}
+    predictions, correct = _predictions(ctx, image, raw)
+    entry = {
+        "id": rec.id, "path": rec.rel, "label": rec.label,
+        "width": int(display.shape[1]), "height": int(display.shape[0]),
+        "thumb": _save(Image.fromarray(display), ctx.root, f"{base}/thumb.jpg")["image"],
+        "correct": correct, "predictions": predictions,
+        "feature_maps": _feature_maps(ctx, image, base, raw), "cams": _cams(ctx, image, base, raw),
+        "maps_file": f"maps/{rec.id}.safetensors",
+    }
+    meta = {"image": rec.rel, "digest": rec.digest, "label": str(rec.label), "format": str(FORMAT_VERSION)}
+    _save_maps(ctx.root / entry["maps_file"], raw, meta)
     return entry
 
 

@@ -18,32 +18,17 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 from reportgen.atomic import die_with_parent
-from reportgen.config import ReportOptions
+from reportgen.drawing import DrawContext
 from reportgen.images import ImageRecord, Skipped
+from reportgen.results import ImageResult
 
-__all__ = ["DrawContext", "Drawer"]
+__all__ = ["Drawer"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DrawContext:
-    """What every image of a run is drawn with (sent to each worker once)."""
-
-    root: Path
-    class_names: Sequence[str]
-    opts: ReportOptions
-    cam_methods: Sequence[tuple[str, str, bool]]
-    cam_layers: Sequence[str]
-    fm_layers: Sequence[str]
 
 
 _context: DrawContext | None = None  # a worker's copy
@@ -56,24 +41,21 @@ def _init_worker(ctx: DrawContext, parent_pid: int) -> None:
     import reportgen.drawing  # noqa: F401  - pay the import before the first image arrives
 
 
-def _draw(ctx: DrawContext, rec: ImageRecord, found: dict, display: np.ndarray, box: tuple,
-          true_index: int | None) -> tuple[dict | None, float, str | None]:
+def _draw(ctx: DrawContext, image: ImageResult) -> tuple[dict | None, float, str | None]:
     """(entry, seconds, None), or (None, seconds, why) when the image's files could not be written."""
     from reportgen.drawing import ImageNotWritten, draw_image
 
     t0 = time.perf_counter()
     try:
-        entry = draw_image(ctx.root, rec, found, display, box, ctx.class_names, ctx.opts, true_index,
-                           ctx.cam_methods, ctx.cam_layers, ctx.fm_layers)
+        entry = draw_image(ctx, image)
     except ImageNotWritten as exc:
         return None, time.perf_counter() - t0, str(exc)
     return entry, time.perf_counter() - t0, None
 
 
-def _draw_in_worker(rec: ImageRecord, found: dict, display: np.ndarray, box: tuple,
-                    true_index: int | None) -> tuple[dict | None, float, str | None]:
+def _draw_in_worker(image: ImageResult) -> tuple[dict | None, float, str | None]:
     assert _context is not None, "worker started without its drawing context"
-    return _draw(_context, rec, found, display, box, true_index)
+    return _draw(_context, image)
 
 
 def _ready() -> bool:
@@ -128,16 +110,16 @@ class Drawer:
                 for _ in range(workers):
                     self._pool.submit(_ready)  # starts one process each, now, while the model loads
 
-    def submit(self, rec: ImageRecord, found: dict, display: np.ndarray, box: tuple, true_index: int | None) -> None:
+    def submit(self, image: ImageResult) -> None:
         if self._pool is None:
-            entry, seconds, why = _draw(self.ctx, rec, found, display, box, true_index)
+            entry, seconds, why = _draw(self.ctx, image)
             self.wait_seconds += seconds
-            self._done(rec, entry, seconds, why)
+            self._done(image.record, entry, seconds, why)
             return
         self._collect(block=False)
         while len(self._pending) >= self._limit:
             self._collect(block=True)
-        self._pending.append((rec, self._pool.submit(_draw_in_worker, rec, found, display, box, true_index)))
+        self._pending.append((image.record, self._pool.submit(_draw_in_worker, image)))
 
     def _done(self, rec: ImageRecord, entry: dict | None, seconds: float, why: str | None) -> None:
         self.draw_seconds += seconds

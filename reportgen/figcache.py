@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from reportgen.atomic import sweep
 from reportgen.cache import CacheInfo, cache_key
 from reportgen.config import ReportOptions
 from reportgen.images import ImageRecord
+from reportgen.results import ResultKey, RunStats
 
 __all__ = ["figure_key", "FigureStore"]
 
@@ -42,7 +43,7 @@ def _drawing_code_digest() -> str:
     return h.hexdigest()
 
 
-def figure_key(rec: ImageRecord, keys: dict[tuple, str], opts: ReportOptions, class_names: Sequence[str],
+def figure_key(rec: ImageRecord, keys: Mapping[ResultKey, str], opts: ReportOptions, class_names: Sequence[str],
                cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str], fm_layers: Sequence[str],
                true_index: int | None) -> str:
     names = hashlib.sha256("\n".join(class_names).encode("utf-8")).hexdigest()
@@ -73,12 +74,11 @@ def _files_of(root: Path, entry: dict) -> list[str]:
 
 
 class FigureStore:
-    """The drawn figures of images, by ``figure_key``. ``restored``/``stored`` count this run's use."""
+    """The drawn figures of images, by ``figure_key``; this run's use is counted in ``stats`` (``figures_*``)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, stats: RunStats | None = None):
         self.root = Path(root)
-        self.restored = 0
-        self.stored = 0
+        self.stats = stats if stats is not None else RunStats()
 
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -97,7 +97,7 @@ class FigureStore:
                 files[rel] = _sha256(tmp / rel)
             (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files}), encoding="utf-8")
             os.rename(tmp, final)
-            self.stored += 1
+            self.stats.figures_stored += 1
         except OSError as exc:  # kept figures are an optimisation: never fail a run over them
             if not final.is_dir():
                 log.info("could not keep the drawn figures of %s in %s: %s", entry.get("path"), self.root, exc)
@@ -128,7 +128,7 @@ class FigureStore:
             log.warning("kept figures %s are damaged (%s); drawing them again", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        self.restored += 1
+        self.stats.figures_restored += 1
         return record["entry"]
 
     def sweep(self) -> int:

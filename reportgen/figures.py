@@ -16,12 +16,13 @@ import functools
 import math
 import numbers
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from reportgen.atomic import replace_atomically
 
 __all__ = [
     "image_grid",
@@ -31,6 +32,9 @@ __all__ = [
     "apply_colormap",
     "overlay",
     "with_colorbar",
+    "concept_colors",
+    "concept_overlay",
+    "with_legend",
     "feature_panel",
     "kernel_grid",
     "save_jpeg",
@@ -414,6 +418,93 @@ def _colorbar_strip(height: int, cmap: str, vmin: float, vmax: float, label: str
     return out
 
 
+# ------------------------------------------------------------------------------------------------- concept overlays
+
+
+def concept_colors(k: int) -> np.ndarray:
+    """``k`` distinct colours, ``gist_rainbow`` at ``i / k`` (pytorch-grad-cam's and the DFF authors' choice).
+
+    Returns:
+        ``(k, 3)`` uint8.
+    """
+    k = _check_int(k, "k", 1)
+    return np.asarray(colormap_lut("gist_rainbow")[[round(i / k * 255) for i in range(k)]], dtype=np.uint8)
+
+
+def concept_overlay(image: np.ndarray, maps: np.ndarray, colors: np.ndarray, *, alpha: float = 0.7,
+                    box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Blend K concept maps over a photo in K colours: each pixel takes the colour of its strongest concept,
+    darkened by that concept's value (pytorch-grad-cam's ``show_factorization_on_image``, without cv2).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 photo.
+        maps: ``(K, h, w)`` real maps in ``[0, 1]`` (clipped; ``nan`` -> 0), resized bilinearly to the box.
+        colors: ``(K, 3)`` uint8, concept k's colour.
+        alpha: weight of the colours: ``out = (1 - alpha) * image + alpha * colour_k * value_k``.
+        box: ``(left, top, right, bottom)``: the region the network saw (outside it the photo is dimmed), or None.
+
+    Returns:
+        RGB ``PIL.Image.Image`` of size ``(W, H)``.
+
+    Raises:
+        ValueError: on wrong shapes or dtypes, alpha outside ``[0, 1]`` or a malformed box.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or img.size == 0:
+        raise ValueError(f"expected image of shape (H, W, 3) and dtype uint8, got {_shape_str(img)}")
+    m = _as_real_array(maps, "maps (K, h, w)")
+    _check_ndim(m, 3, "maps of shape (K, h, w)")
+    col = np.asarray(colors)
+    if col.shape != (m.shape[0], 3) or col.dtype != np.uint8:
+        raise ValueError(f"expected colors of shape ({m.shape[0]}, 3) and dtype uint8, got {_shape_str(col)}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"expected alpha in [0, 1], got {alpha!r}")
+    height, width = img.shape[:2]
+    left, top, right, bottom = (0, 0, width, height) if box is None else _check_box(box)
+    out = img.copy() if box is None else _dim(img)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
+    if x1 > x0 and y1 > y0:
+        m01 = np.clip(np.nan_to_num(m.astype(np.float32), nan=0.0), 0.0, 1.0)
+        up = np.stack([_resize_f(c, (right - left, bottom - top), Image.Resampling.BILINEAR) for c in m01])
+        up = up[:, y0 - top: y1 - top, x0 - left: x1 - left]
+        winner = up.argmax(axis=0)
+        value = np.take_along_axis(up, winner[None], axis=0)[0]
+        colored = np.rint(col[winner].astype(np.float32) * value[..., None]).astype(np.uint8)
+        out[y0:y1, x0:x1] = _blend(img[y0:y1, x0:x1], colored, float(alpha))
+    return Image.fromarray(out, "RGB")
+
+
+def with_legend(img: Image.Image, colors: np.ndarray, labels: Sequence[str]) -> Image.Image:
+    """Append a legend below an image: one line per entry, a colour swatch and its label.
+
+    Args:
+        img: any PIL image (converted to RGB).
+        colors: ``(K, 3)`` uint8 swatch colours.
+        labels: K short texts (cut to fit the image's width).
+
+    Returns:
+        New RGB image, as wide as ``img`` (at least 120 px), taller by one line per entry.
+    """
+    col = np.asarray(colors)
+    if col.ndim != 2 or col.shape != (len(labels), 3) or col.dtype != np.uint8:
+        raise ValueError(f"expected colors of shape ({len(labels)}, 3) and dtype uint8, got {_shape_str(col)}")
+    font = _font(max(10, min(14, round(img.width / 30))))
+    line_h = _line_height(font) + 4
+    width = max(img.width, 120)
+    out = Image.new("RGB", (width, img.height + len(labels) * line_h + 4), _WHITE)
+    out.paste(img.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    glyph_top = _text_size(font, "#0123456789.-eg")[3]
+    for i, (rgb, text) in enumerate(zip(col, labels, strict=True)):
+        y = img.height + 4 + i * line_h
+        draw.rectangle((4, y, 4 + line_h - 4, y + line_h - 4), fill=tuple(int(v) for v in rgb), outline=_BAR_EDGE)
+        room = width - line_h - 8
+        while text and _text_size(font, text)[0] > room:  # cut long class names to the width, marked with '…'
+            text = text[:-2] + "…" if len(text) > 1 else ""
+        draw.text((line_h + 4, y - int(glyph_top)), text, font=font, fill=_TEXT)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------- grids
 
 
@@ -621,7 +712,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def save_jpeg(img: Image.Image, path: str | os.PathLike[str], *, quality: int = 88, atomic: bool = True) -> None:
     """Write an image as a baseline RGB JPEG, atomically unless told otherwise.
 
-    The image goes to a hidden temporary file in the target folder, which then replaces ``path`` with ``os.replace``,
+    The image goes to a temporary file in the target folder (``atomic.replace_atomically``), which then replaces ``path``,
     so readers never see a partial file. Missing parent folders are created. Non-RGB images are converted (alpha is
     composited over white). The temporary file is removed if writing fails.
 
@@ -646,12 +737,4 @@ def save_jpeg(img: Image.Image, path: str | os.PathLike[str], *, quality: int = 
     if not atomic:
         rgb.save(target, format="JPEG", quality=quality)
         return
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours umask, unlike mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            rgb.save(fh, format="JPEG", quality=quality)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_atomically(target, lambda tmp: rgb.save(tmp, format="JPEG", quality=quality))

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from reportgen.errors import MethodError
-from reportgen.models import find_layer
+from reportgen.errors import MethodError, ModelError
+from reportgen.names import close_matches
 
-__all__ = ["borrowed", "capture", "model_state"]
+__all__ = ["borrowed", "capture", "model_state", "find_layer"]
 
 
 def model_state(model: nn.Module) -> tuple:
@@ -90,3 +90,12 @@ def capture(model: nn.Module, layers: Sequence[str], *, grad: bool = False) -> I
     finally:
         for handle in handles:
             handle.remove()
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule with qualified name ``name``; ``ModelError`` with the closest names when it does not exist."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    hint = close_matches(name, [n for n in modules if n])
+    raise ModelError(f"no layer named {name!r}" + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""))

@@ -30,7 +30,6 @@ __all__ = [
     "load_model",
     "resolve_device",
     "weights_digest",
-    "find_layer",
     "layer_table",
     "parse_model_spec",
 ]
@@ -338,15 +337,6 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", *, channels
     )
     return LoadedModel(module=module, card=card, device=dev, labels=label_names(cfg.labels, classes),
                        memory_format=memory_format)
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule with qualified name ``name``; ``ModelError`` with the closest names when it does not exist."""
-    modules = dict(model.named_modules())
-    if name in modules and name != "":
-        return modules[name]
-    hint = close_matches(name, [n for n in modules if n])
-    raise ModelError(f"no layer named {name!r}" + (f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""))
 
 
 def layer_table(model: nn.Module, size: tuple[int, int], device: torch.device) -> Iterator[tuple[str, str, str]]:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from reportgen.atomic import write_text_atomically
 from reportgen.errors import UsageError
 
 __all__ = ["MARKER", "placement_problems", "check_replaceable", "write_marker", "new_run_id"]
@@ -153,4 +154,4 @@ def write_marker(folder: Path, version: str, also: Iterable[str] = ()) -> None:
     """
     entries = sorted({n for n in os.listdir(folder) if n != MARKER} | set(also))
     marker = {"tool": "reportgen", "version": version, "entries": entries}
-    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_text_atomically(folder / MARKER, json.dumps(marker, indent=2) + "\n")

@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -26,6 +25,7 @@ import jinja2
 from markupsafe import Markup
 
 from reportgen import failpoints
+from reportgen.atomic import temp_file, write_text_atomically
 from reportgen.errors import RenderError
 from reportgen.names import readable
 
@@ -150,21 +150,6 @@ def _read_css() -> str:
     return resources.files(TEMPLATE_PACKAGE).joinpath(CSS_NAME).read_text(encoding="utf-8")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,7 +188,7 @@ def render_html(context: dict, out_dir: Path) -> Path:
     html_path = out_dir / HTML_NAME
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(html_path, readable(html))  # a path or name with undecodable bytes shows them as \xNN
+        write_text_atomically(html_path, readable(html))  # a path or name with undecodable bytes shows them as \xNN
     except OSError as exc:
         raise RenderError(f"cannot write {html_path}: {exc}") from exc
     return html_path
@@ -260,12 +245,10 @@ class PdfJob:
             raise RenderError(f"cannot print PDF: HTML file {html_path} does not exist")
         try:
             pdf_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{pdf_path.name}.", suffix=".tmp", dir=pdf_path.parent)
-            os.close(fd)
+            tmp = temp_file(pdf_path.parent, ".pdf")  # the child writes it; a killed run leaves it for sweep()
         except OSError as exc:
             self.cancel()
             raise RenderError(f"cannot print PDF: cannot write to {pdf_path.parent}: {exc}") from exc
-        tmp = Path(tmp_name)
         try:
             try:
                 try:
@@ -298,7 +281,6 @@ class PdfJob:
                 )
             elif tail:
                 log.debug("WeasyPrint stderr for %s:\n%s", html_path, tail)
-            os.chmod(tmp, 0o644)
             os.replace(tmp, pdf_path)
         except OSError as exc:
             raise RenderError(f"cannot write PDF {pdf_path}: {exc}") from exc

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reportgen import config, runner
+from reportgen import config, prepare
 from reportgen.cli import main
 from reportgen.config import load_config
 from reportgen.errors import ConfigError
@@ -183,8 +183,8 @@ def test_long_values_and_keys_are_shortened_in_messages(tmp_path, capsys):
 
 def test_unknown_layers_past_the_shown_twenty_are_counted_not_searched(tmp_path, capsys, monkeypatch):
     searched = []
-    real = runner.close_matches
-    monkeypatch.setattr(runner, "close_matches", lambda *a, **k: searched.append(a[0]) or real(*a, **k))
+    real = prepare.close_matches
+    monkeypatch.setattr(prepare, "close_matches", lambda *a, **k: searched.append(a[0]) or real(*a, **k))
     names = ", ".join(f"layer{i}" for i in range(300))
     path = _write(tmp_path, GOOD + f"feature_maps:\n  layers: [{names}]\n")
     code, err = _cli(capsys, "validate", str(path))

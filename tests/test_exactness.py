@@ -20,7 +20,7 @@ import torchvision
 import yaml
 from torch import nn
 
-from reportgen.compute import Counters, compute_entries
+from reportgen.compute import compute_entries
 from reportgen.config import load_config
 from reportgen.hooks import borrowed, capture
 from reportgen.methods import get_method
@@ -28,6 +28,8 @@ from reportgen.methods.cam import gradient_cams, gradient_formula, resolve_targe
 from reportgen.methods.fullgrad import bias_layers, fullgrad, fullgrad_with_notes
 from reportgen.methods.saliency import ig_baseline, integrated_gradients, raw_attributions
 from reportgen.models import load_model
+from reportgen.plan import ComputeSpec
+from reportgen.results import PREDICTIONS, RunStats
 
 captum_attr = pytest.importorskip("captum.attr")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -74,8 +76,9 @@ def test_tiny_input_gradients_are_stored_float32_and_equal_captums(tmp_path):
     lm = load_model(cfg.model, "cpu")
     x = _images(2, 96)
     methods = ["saliency", "guided_backprop", "integrated_gradients"]
-    out = compute_entries(cfg, lm, x, {("pred",)} | {("cam", m, "") for m in methods}, [None, None], Counters())
-    targets = torch.tensor([int(e[0]["targets"][0]) for e in out[("cam", "saliency", "")]])
+    spec = ComputeSpec.from_config(cfg)
+    out = compute_entries(spec, lm, x, {PREDICTIONS} | {spec.cam_key(m) for m in methods}, [None, None], RunStats())
+    targets = torch.tensor([int(e[0]["targets"][0]) for e in out[spec.cam_key("saliency")]])
     peers = {
         "saliency": lambda: captum_attr.Saliency(lm.module).attribute(x.clone(), target=targets, abs=False),
         "guided_backprop": lambda: captum_attr.GuidedBackprop(lm.module).attribute(x.clone(), target=targets),
@@ -83,7 +86,7 @@ def test_tiny_input_gradients_are_stored_float32_and_equal_captums(tmp_path):
             x.clone(), target=targets, n_steps=4, method="gausslegendre"),
     }
     for method in methods:
-        got = np.stack([e[0]["maps"][0] for e in out[("cam", method, "")]])
+        got = np.stack([e[0]["maps"][0] for e in out[spec.cam_key(method)]])
         assert got.dtype == np.float32, method
         with warnings.catch_warnings(), borrowed(lm.module):
             warnings.simplefilter("ignore")
@@ -377,8 +380,9 @@ def test_fullgrad_entries_carry_what_was_left_out(tmp_path, image_dir):
 
     cfg = load_config(write_config(tmp_path, image_dir, cams={"methods": ["fullgrad"], "layers": ["features.5"]}))
     lm = load_model(cfg.model, "cpu")
-    out = compute_entries(cfg, lm, _images(2, 32), {("pred",), ("cam", "fullgrad", "")}, [None, None], Counters())
-    for _, meta in out[("cam", "fullgrad", "")]:
+    spec = ComputeSpec.from_config(cfg)
+    out = compute_entries(spec, lm, _images(2, 32), {PREDICTIONS, spec.cam_key("fullgrad")}, [None, None], RunStats())
+    for _, meta in out[spec.cam_key("fullgrad")]:
         assert meta["bias_layers"] == "4" and json.loads(meta["ignored_biases"]) == []
         assert "target_kinds" in meta
 
@@ -434,9 +438,11 @@ def test_integrated_gradients_default_is_the_black_baseline_it_describes(tmp_pat
     assert cfg.cams.params["integrated_gradients"]["baseline"] == "black"
     lm = load_model(cfg.model, "cpu")
     x = _images(2, 32)
-    out = compute_entries(cfg, lm, x, {("pred",), ("cam", "integrated_gradients", "")}, [None, None], Counters())
-    got = np.stack([e[0]["maps"] for e in out[("cam", "integrated_gradients", "")]])
-    targets = torch.tensor(np.stack([e[0]["targets"] for e in out[("cam", "integrated_gradients", "")]]))
+    spec = ComputeSpec.from_config(cfg)
+    key = spec.cam_key("integrated_gradients")
+    out = compute_entries(spec, lm, x, {PREDICTIONS, key}, [None, None], RunStats())
+    got = np.stack([e[0]["maps"] for e in out[key]])
+    targets = torch.tensor(np.stack([e[0]["targets"] for e in out[key]]))
     mean, std = lm.preprocess.mean, lm.preprocess.std  # the config's 0.5 / 0.25: black is -2 in every channel
     start = torch.full_like(x, -2.0)
     with warnings.catch_warnings(), borrowed(lm.module):
@@ -445,3 +451,50 @@ def test_integrated_gradients_default_is_the_black_baseline_it_describes(tmp_pat
             x.clone(), baselines=start, target=targets[:, 0], n_steps=4, method="gausslegendre")
     assert (mean, std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     np.testing.assert_allclose(got[:, 0], ref.abs().amax(dim=1).numpy(), rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_feature_maps_keep_activations_beyond_float16_range():
+    """Feature maps were stored float16: an unnormalised layer's 1e5 activations became inf in the report."""
+    from reportgen.methods.feature_maps import top_channels
+
+    a = torch.tensor([1e5, 7e4, 3.0, 1e-9]).reshape(1, 4, 1, 1).expand(2, 4, 2, 2).contiguous()
+    maps, idx, means = top_channels(a, 3)
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+    assert maps[0, :, 0, 0].tolist() == [1e5, 7e4, 3.0] and idx[0].tolist() == [0, 1, 2]
+
+
+def test_raw_maps_full_keeps_the_signed_attribution_equal_to_captums(tmp_path):
+    """report.raw_maps: full stores cam/<method>/signed (T, 3, H, W): captum's signed attribution; the map is its
+    channel reduction, and the default run stores no such key (and keeps its cache keys)."""
+    from captum import attr as captum_attr
+    from conftest import make_images, write_config
+    from safetensors.numpy import load_file
+
+    from reportgen.runner import run
+
+    make_images(tmp_path / "images", 2)
+    maps = {}
+    for mode in ("reduced", "full"):
+        cfg = load_config(write_config(tmp_path, tmp_path / "images", cams={"methods": ["saliency"]},
+                                       report={"pdf": False, "image_size": 64, "raw_maps": mode},
+                                       run={"output": str(tmp_path / mode), "cache_dir": str(tmp_path / "cache"),
+                                            "device": "cpu", "batch_size": 2}))
+        result = run(cfg)
+        image = json.loads(result.manifest.read_text())["images"][0]
+        maps[mode] = load_file(str(result.output / image["maps_file"]))
+        assert result.stats.cache_misses > 0  # the full run computes its own entries: other cache keys
+    assert "cam/saliency/signed" not in maps["reduced"]
+    signed = maps["full"]["cam/saliency/signed"]
+    assert signed.dtype == np.float32 and signed.shape == (1, 3, 32, 32)
+    assert (signed < 0).any() and (signed > 0).any()
+    np.testing.assert_array_equal(maps["full"]["cam/saliency"], np.abs(signed).max(axis=1))
+    np.testing.assert_array_equal(maps["full"]["cam/saliency"], maps["reduced"]["cam/saliency"])
+    lm = load_model(cfg.model, "cpu")
+    from reportgen.batches import to_tensor
+    from reportgen.images import decode
+
+    x = to_tensor(decode(sorted((tmp_path / "images").rglob("*.png"))[0]), lm.preprocess)[None]
+    target = int(maps["full"]["cam/saliency/targets"][0])
+    with borrowed(lm.module):
+        want = captum_attr.Saliency(lm.module).attribute(x, target=target, abs=False).numpy()
+    np.testing.assert_allclose(signed[0], want[0], rtol=1e-4, atol=1e-6)

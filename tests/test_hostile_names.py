@@ -226,8 +226,10 @@ def test_a_full_disk_while_drawing_still_ends_the_run(tmp_path, image_dir, monke
 
 def test_drawing_workers_skip_an_image_they_cannot_write(tmp_path):
     from reportgen.config import ReportOptions
-    from reportgen.drawpool import DrawContext, Drawer
+    from reportgen.drawing import DrawContext
+    from reportgen.drawpool import Drawer
     from reportgen.images import discover
+    from reportgen.results import PREDICTIONS, ImageResult
 
     data = tmp_path / "images"
     make_images(data, 3, labelled=False)
@@ -238,9 +240,9 @@ def test_drawing_workers_skip_an_image_they_cannot_write(tmp_path):
     drawn = []
     drawer = Drawer(DrawContext(root, ["a", "b", "c"], ReportOptions(), [], [], []), workers=1,
                     on_drawn=lambda i, e: drawn.append(i))
-    found = {("pred",): ({"logits": np.array([0.1, 0.5, 0.2], dtype=np.float32)}, {})}
+    found = {PREDICTIONS: ({"logits": np.array([0.1, 0.5, 0.2], dtype=np.float32)}, {})}
     for rec in records:
-        drawer.submit(rec, found, np.zeros((8, 8, 3), np.uint8), (0, 0, 8, 8), None)
+        drawer.submit(ImageResult(rec, found, np.zeros((8, 8, 3), np.uint8), (0, 0, 8, 8), None))
     entries = drawer.finish()
     assert sorted(entries) == drawn == [0, 2]
     assert [(s.rel, s.reason.split(":")[0]) for s in drawer.skipped] == [("img1.png", "cannot write its figures")]

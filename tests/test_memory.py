@@ -16,9 +16,11 @@ import torch
 from conftest import write_config
 
 from reportgen.cache import TensorCache, cache_key
-from reportgen.compute import Counters, fill_batch
+from reportgen.compute import fill_batch
 from reportgen.config import load_config
 from reportgen.models import load_model
+from reportgen.plan import ComputeSpec
+from reportgen.results import PREDICTIONS, ResultKey, RunStats
 
 WARMUP = 10
 BATCHES = 200
@@ -56,10 +58,11 @@ class _Batches:
     """Feeds ``fill_batch`` one batch of fresh random images at a time, as the runner does (new keys, nothing found)."""
 
     def __init__(self, cfg, lm, cache: TensorCache):
-        self.cfg, self.lm, self.cache = cfg, lm, cache
-        self.names = [("pred",), ("fm", "features.4"), *[("cam", m, LAYER) for m in [*GRADIENT_CAMS, "scorecam"]]]
+        self.spec, self.lm, self.cache = ComputeSpec.from_config(cfg), lm, cache
+        self.names = [PREDICTIONS, ResultKey.feature_maps("features.4"),
+                      *[self.spec.cam_key(m, LAYER) for m in [*GRADIENT_CAMS, "scorecam"]]]
         self.generator = torch.Generator().manual_seed(0)
-        self.counters = Counters()
+        self.counters = RunStats()
         self.done = 0
 
     def run(self, n: int) -> None:
@@ -68,7 +71,7 @@ class _Batches:
                     for r in range(IMAGES)]
             found: list[dict] = [{} for _ in range(IMAGES)]
             x = torch.randn(IMAGES, 3, 32, 32, generator=self.generator)
-            fill_batch(self.cfg, self.lm, self.cache, keys, found, x, [None] * IMAGES, self.counters)
+            fill_batch(self.spec, self.lm, self.cache, keys, found, x, [None] * IMAGES, self.counters)
             assert all(len(f) == len(self.names) for f in found)
             self.done += 1
 

@@ -14,11 +14,13 @@ from conftest import write_config
 from torch import nn
 
 from reportgen.cli import main
-from reportgen.compute import Counters, compute_entries, kernel_entry
+from reportgen.compute import compute_entries, kernel_entry
 from reportgen.config import ModelConfig, PreprocessConfig, load_config
 from reportgen.errors import ModelError
 from reportgen.methods.activation_max import visualize_filters
 from reportgen.models import load_model, parse_model_spec
+from reportgen.plan import ComputeSpec
+from reportgen.results import RunStats
 
 PRE = PreprocessConfig(size=(32, 32))
 _EXPORT_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eigencam", "eigengradcam",
@@ -173,18 +175,17 @@ def test_exported_program_maps_equal_the_eager_module(tmp_path, image_dir, resne
     eager = load_model(cfg.model)
     exported = load_model(ModelConfig(source="export", name=str(resnet_pt2), labels="none", preprocess=PRE))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    wanted = {("pred",), *(("fm", la) for la in cfg.feature_maps.layers)}
-    wanted |= {("cam", m, la if m not in ("saliency", "smoothgrad", "integrated_gradients") else "")
-               for m in _EXPORT_METHODS for la in cfg.cams.layers}
-    a = compute_entries(cfg, eager, x, wanted, [None] * 3, Counters())
-    b = compute_entries(cfg, exported, x, wanted, [None] * 3, Counters())
+    spec = ComputeSpec.from_config(cfg)
+    wanted = set(spec.result_keys())
+    a = compute_entries(spec, eager, x, wanted, [None] * 3, RunStats())
+    b = compute_entries(spec, exported, x, wanted, [None] * 3, RunStats())
     assert set(a) == set(b) == wanted
     for key in wanted:
         for (arrays_a, _), (arrays_b, _) in zip(a[key], b[key], strict=True):
             for name in arrays_a:
                 assert np.allclose(arrays_a[name], arrays_b[name], rtol=1e-4, atol=1e-5), (key, name)
     gradcam = np.stack([arrays["cam"] if "cam" in arrays else next(iter(arrays.values()))
-                        for arrays, _ in a[("cam", "gradcam", "layer3.0.conv2")]])
+                        for arrays, _ in a[spec.cam_key("gradcam", "layer3.0.conv2")]])
     assert gradcam.max() > 0  # a real map, not two empty ones agreeing
     for layer in ("conv1", "layer2.0.conv2"):
         assert np.array_equal(kernel_entry(eager, layer, 8)[0]["kernels"], kernel_entry(exported, layer, 8)[0]["kernels"])

@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 
 from reportgen.config import ModelConfig, PreprocessConfig
 from reportgen.errors import ModelError
-from reportgen.models import find_layer, load_model, parse_model_spec, resolve_device, weights_digest
+from reportgen.hooks import find_layer
+from reportgen.models import load_model, parse_model_spec, resolve_device, weights_digest
 
 PRE = PreprocessConfig(size=(32, 32))
 

@@ -291,10 +291,10 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(tmp_path, ima
     reference = json.loads(run(cfg).manifest.read_text())["images"]
     real = compute.compute_entries
 
-    def small_memory(cfg, lm, x, *args, **kwargs):
+    def small_memory(spec, lm, x, *args, **kwargs):
         if x.shape[0] > 1:
             raise torch.OutOfMemoryError("pretend: CUDA out of memory")
-        return real(cfg, lm, x, *args, **kwargs)
+        return real(spec, lm, x, *args, **kwargs)
 
     monkeypatch.setattr(compute, "compute_entries", small_memory)
     cfg2 = load_config(write_config(tmp_path, image_dir, run={
@@ -352,7 +352,8 @@ def test_drawing_in_worker_processes_gives_the_same_report(tmp_path, image_dir, 
 
     drawn_here = []  # images drawn in this process (spawned workers import their own, unpatched module)
     inline_draw = drawpool._draw
-    monkeypatch.setattr(drawpool, "_draw", lambda ctx, rec, *a: drawn_here.append(rec.index) or inline_draw(ctx, rec, *a))
+    monkeypatch.setattr(drawpool, "_draw",
+                        lambda ctx, image: drawn_here.append(image.record.index) or inline_draw(ctx, image))
 
     def run_with(draw_workers: int, name: str):
         cfg = load_config(write_config(tmp_path, image_dir, run={
@@ -497,9 +498,9 @@ def test_manifest_is_written_last(tmp_path, image_dir, monkeypatch):
         seen.update({p.relative_to(new): p.stat().st_mtime_ns for p in new.rglob("*") if p.is_file()})
         return real_swap(new, target)
 
-    import reportgen.runner as runner
+    import reportgen.publish as publish
 
-    monkeypatch.setattr(runner, "swap_into_place", swap)
+    monkeypatch.setattr(publish, "swap_into_place", swap)
     run(load_config(write_config(tmp_path, image_dir, report={"pdf": True, "image_size": 96})))
     from pathlib import Path
 

@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError, ModelError
-from reportgen.hooks import borrowed, capture
-from reportgen.models import find_layer
+from reportgen.hooks import borrowed, capture, find_layer
 
 __all__ = ["PARAMETERIZATIONS", "visualize_filters"]
 

@@ -8,24 +8,27 @@ figure code min-max scales them for display, as pytorch-grad-cam does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from reportgen.errors import MethodError
 
-__all__ = ["CAM_FORMULAS", "WEIGHTED", "gradient_formula", "gradient_cams", "resolve_targets"]
+__all__ = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "gradient_formula", "gradient_cams",
+           "resolve_targets"]
 
 CamFormula = Callable[[Tensor, Tensor], Tensor]
 _EPS = 1e-7
 
 
-def _gradcam(a: Tensor, g: Tensor) -> Tensor:
+def gradcam(a: Tensor, g: Tensor) -> Tensor:
     return g.mean(dim=(2, 3), keepdim=True) * a
 
 
-def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
+def gradcampp(a: Tensor, g: Tensor) -> Tensor:
     # The paper's alpha = G^2 / (2 G^2 + sum_hw(A) G^3) (eq. 19 with exponential scores), with G^2 cancelled:
     # alpha = 1 / (2 + sum_hw(A) G) where G != 0. No epsilon: pytorch-grad-cam adds 1e-6 to the denominator,
     # which dominates 2 G^2 once gradients are small (random-init nets: G^2 ~ 1e-8) and turns the weights into
@@ -36,55 +39,49 @@ def _gradcampp(a: Tensor, g: Tensor) -> Tensor:
     return (torch.relu(g) * alpha).sum(dim=(2, 3), keepdim=True) * a
 
 
-def _xgradcam(a: Tensor, g: Tensor) -> Tensor:
+def xgradcam(a: Tensor, g: Tensor) -> Tensor:
     sum_a = a.sum(dim=(2, 3), keepdim=True)
     return (g * a / (sum_a + _EPS)).sum(dim=(2, 3), keepdim=True) * a
 
 
-def _hirescam(a: Tensor, g: Tensor) -> Tensor:
+def hirescam(a: Tensor, g: Tensor) -> Tensor:
     return g * a
 
 
-def _layercam(a: Tensor, g: Tensor) -> Tensor:
+def layercam(a: Tensor, g: Tensor) -> Tensor:
     return torch.relu(g) * a
-
-
-# Each formula gives the weighted activations (N, C, h, w); the map is relu of their sum over channels, or, with
-# eigen-smoothing, relu of their projection on the first principal component (as pytorch-grad-cam does).
-WEIGHTED: dict[str, CamFormula] = {
-    "gradcam": _gradcam,
-    "gradcampp": _gradcampp,
-    "xgradcam": _xgradcam,
-    "hirescam": _hirescam,
-    "layercam": _layercam,
-}
 
 
 def _summed(weighted: CamFormula) -> CamFormula:
     return lambda a, g: torch.relu(weighted(a, g).sum(dim=1))
 
 
-CAM_FORMULAS: dict[str, CamFormula] = {name: _summed(fn) for name, fn in WEIGHTED.items()}
+def gradient_formula(name: str, *, eigen_smooth: bool = False, params: Mapping[str, Any] | None = None) -> CamFormula:
+    """The map of the registered gradient method ``name`` as a function of (A, G) → (N, h, w) float32 >= 0.
 
+    A ``weighted`` method's map is relu of its weighted activations summed over channels, or, with eigen-smoothing,
+    relu of their projection on the first principal component (as pytorch-grad-cam does); a ``map`` method's
+    function is its map. ``params`` (its ``cams.params`` block, validated) are passed to the function by name.
+    """
+    from reportgen.methods.registry import get_method, list_methods
 
-def _eigen_formulas() -> dict[str, CamFormula]:
-    from reportgen.methods.eigen import eigencam, eigengradcam
+    try:
+        spec = get_method(name)
+    except KeyError:
+        spec = None
+    if spec is None or spec.engine != "gradient":
+        known = ", ".join(s.name for s in list_methods("cam", engine="gradient"))
+        raise MethodError(f"unknown gradient CAM method {name!r}; expected one of {known}")
+    fn = spec.implementation()
+    if params:
+        fn = functools.partial(fn, **params)
+    if spec.output == "map":
+        return fn
+    if not eigen_smooth:
+        return _summed(fn)
+    from reportgen.methods.eigen import eigencam  # first-PC projection of its first argument, ReLU applied
 
-    return {"eigencam": eigencam, "eigengradcam": eigengradcam}
-
-
-def gradient_formula(name: str, *, eigen_smooth: bool = False) -> CamFormula:
-    """The map of method ``name`` as a function of (A, G) → (N, h, w) float32 >= 0."""
-    if name in WEIGHTED:
-        if not eigen_smooth:
-            return CAM_FORMULAS[name]
-        project = _eigen_formulas()["eigencam"]  # first-PC projection of its first argument, ReLU applied
-        weighted = WEIGHTED[name]
-        return lambda a, g: project(weighted(a, g), g)
-    eigen = _eigen_formulas()
-    if name in eigen:
-        return eigen[name]
-    raise MethodError(f"unknown gradient CAM method {name!r}; expected one of {', '.join([*WEIGHTED, *eigen])}")
+    return lambda a, g: eigencam(fn(a, g), g)
 
 
 def resolve_targets(
@@ -136,7 +133,7 @@ def resolve_targets(
 
 def gradient_cams(
     logits: Tensor, activations: dict[str, Tensor], targets: Tensor, methods: Sequence[str], *,
-    eigen_smooth: bool = False, need_gradients: bool = True,
+    eigen_smooth: bool = False, need_gradients: bool = True, params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[tuple[str, str], Tensor]:
     """Every requested gradient CAM for every layer, one backward pass per target column.
 
@@ -151,7 +148,7 @@ def gradient_cams(
     Returns:
         (layer, method) → (N, T, h, w) float32 on the activations' device, detached.
     """
-    formulas = {m: gradient_formula(m, eigen_smooth=eigen_smooth) for m in methods}
+    formulas = {m: gradient_formula(m, eigen_smooth=eigen_smooth, params=(params or {}).get(m)) for m in methods}
     if targets.shape[0] != logits.shape[0]:
         raise MethodError(f"expected one target row per image ({logits.shape[0]}), got {targets.shape[0]}")
     layers = list(activations)

@@ -1,6 +1,6 @@
 """Eigen-CAMs: a layer's activations (or activations × gradients) projected on their first principal component.
 
-Both are formulas of ``(A, G)`` for the one-pass engine in ``cam.py`` (``CAM_FORMULAS``): ``A`` and ``G`` are
+Both are formulas of ``(A, G)`` for the one-pass engine in ``cam.py`` (``gradient_formula``): ``A`` and ``G`` are
 (N, C, h, w) float32, the result is (N, h, w) float32 >= 0 at the layer's resolution, unnormalised.
 
 They match pytorch-grad-cam 1.5.7 (``utils/svd_on_activations.get_2d_projection`` followed by the ReLU of

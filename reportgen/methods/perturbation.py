@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError
-from reportgen.hooks import capture
+from reportgen.hooks import capture, find_layer
 from reportgen.methods.inputs import check_batch
-from reportgen.models import find_layer
 
 __all__ = ["ablationcam", "scorecam"]
 

@@ -31,6 +31,7 @@ __all__ = [
     "ig_baseline",
     "guided_backprop",
     "integrated_gradients",
+    "magnitude",
     "raw_attributions",
     "saliency",
     "smoothgrad",
@@ -133,7 +134,7 @@ def _batched(
     return out
 
 
-def _magnitude(raw: Tensor) -> Tensor:
+def magnitude(raw: Tensor) -> Tensor:
     """(N, T, C, H, W) signed attributions → (N, T, H, W) float32 max over channels of |a| (FlashTorch)."""
     return raw.abs().amax(dim=2).float().contiguous()
 
@@ -349,7 +350,7 @@ def saliency(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     Returns:
         (N, T, H, W) float32 >= 0 on x's device, detached.
     """
-    return _magnitude(raw_attributions(model, x, targets, "saliency"))
+    return magnitude(raw_attributions(model, x, targets, "saliency"))
 
 
 def guided_backprop(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
@@ -374,7 +375,7 @@ def guided_backprop(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     Returns:
         (N, T, H, W) float32 >= 0 on x's device, detached.
     """
-    return _magnitude(raw_attributions(model, x, targets, "guided_backprop"))
+    return magnitude(raw_attributions(model, x, targets, "guided_backprop"))
 
 
 def smoothgrad(
@@ -412,7 +413,7 @@ def smoothgrad(
     """
     raw = raw_attributions(model, x, targets, "smoothgrad", samples=samples, noise=noise, seed=seed,
                            batch_size=batch_size)
-    return _magnitude(raw)
+    return magnitude(raw)
 
 
 def integrated_gradients(
@@ -443,5 +444,5 @@ def integrated_gradients(
     """
     raw = raw_attributions(model, x, targets, "integrated_gradients", steps=steps, baseline=baseline, mean=mean,
                            std=std, blur_sigma=blur_sigma, batch_size=batch_size)
-    return _magnitude(raw)
+    return magnitude(raw)
 
