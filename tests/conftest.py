@@ -52,6 +52,23 @@ def image_dir(tmp_path: Path) -> Path:
     return root
 
 
+# The smallest valid config of the tiny CNN as YAML text, folders relative to the config (images/, out/, cache/).
+MINIMAL_CONFIG = """\
+model:
+  source: factory
+  name: tinynets:tiny_cnn
+  labels: none
+  preprocess:
+    size: 32
+data:
+  path: images
+run:
+  output: out
+  cache_dir: cache
+  device: cpu
+"""
+
+
 def write_config(tmp_path: Path, data_dir: Path, **overrides) -> Path:
     """A config for the tiny CNN over ``data_dir``; ``overrides`` replace whole top-level sections."""
     cfg = {

@@ -6,24 +6,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import MINIMAL_CONFIG
 
 from reportgen.cli import main
 from reportgen.config import load_config
 from reportgen.errors import ConfigError
 
-GOOD = """\
-model:
-  source: factory
-  name: tinynets:tiny_cnn
-  labels: none
-  preprocess:
-    size: 32
-data:
-  path: images
-run:
-  output: out
-  cache_dir: cache
-  device: cpu
+GOOD = MINIMAL_CONFIG + """\
 feature_maps:
   layers: [features.4]
 cams:

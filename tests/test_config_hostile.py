@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import MINIMAL_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,20 +22,7 @@ from reportgen.cli import main
 from reportgen.config import load_config
 from reportgen.errors import ConfigError
 
-GOOD = """\
-model:
-  source: factory
-  name: tinynets:tiny_cnn
-  labels: none
-  preprocess:
-    size: 32
-data:
-  path: images
-run:
-  output: out
-  cache_dir: cache
-  device: cpu
-"""
+GOOD = MINIMAL_CONFIG
 GOOD_LINES = GOOD.count("\n")
 
 

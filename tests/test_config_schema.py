@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import MINIMAL_CONFIG
 
 from reportgen import config
 from reportgen.cli import main
@@ -18,19 +19,7 @@ from reportgen.config import SECTIONS, Computed, load_config
 from reportgen.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-GOOD = """\
-model:
-  source: factory
-  name: tinynets:tiny_cnn
-  labels: none
-  preprocess:
-    size: 32
-data:
-  path: images
-run:
-  output: out
-  cache_dir: cache
-  device: cpu
+GOOD = MINIMAL_CONFIG + """\
 cams:
   methods: [gradcam, smoothgrad]
   layers: [features.5]
