@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError
-from reportgen.methods.inputs import check_batch
+from reportgen.methods.inputs import check_batch, check_logits
 
 __all__ = ["bias_layers", "fullgrad", "fullgrad_with_notes"]
 
@@ -183,14 +183,7 @@ def _fullgrad(model: nn.Module, x: Tensor, targets: Tensor, ignored: list[str] |
             else:
                 handles.append(module.register_forward_pre_hook(input_hook(bias)))
         with torch.enable_grad():
-            logits = model(leaf)
-            if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
-                got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-                raise MethodError(f"expected the model to return logits of shape ({n}, K), got {got}")
-            k = logits.shape[1]
-            if int(targets.min()) < 0 or int(targets.max()) >= k:
-                low, high = targets.min().item(), targets.max().item()
-                raise MethodError(f"expected target classes in [0, {k}), got {low}..{high}")
+            logits = check_logits(model(leaf), n, targets)
             outputs = [out for out, _ in caught]
             for t in range(columns):
                 score = logits.gather(1, targets[:, t : t + 1]).float().sum()

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from reportgen.errors import MethodError
 
-__all__ = ["check_batch"]
+__all__ = ["check_batch", "check_logits", "check_caught"]
 
 
 def check_batch(x: Tensor, targets: Tensor) -> Tensor:
@@ -33,3 +33,26 @@ def check_batch(x: Tensor, targets: Tensor) -> Tensor:
     if targets.shape[1] == 0:
         raise MethodError("expected at least one target column, got T = 0")
     return targets.to(device=x.device, dtype=torch.long)
+
+
+def check_logits(logits: object, rows: int, targets: Tensor) -> Tensor:
+    """Check a model's output is (rows, K) logits and every target is one of its K classes; return the logits.
+
+    Raises:
+        MethodError: naming the shape returned, or the range of the targets given.
+    """
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != rows:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise MethodError(f"expected the model to return logits of shape ({rows}, K), got {got}")
+    k = logits.shape[1]
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k):
+        raise MethodError(f"expected target classes in [0, {k}), got values from {int(targets.min())} to "
+                          f"{int(targets.max())}")
+    return logits
+
+
+def check_caught(caught: dict[str, Tensor], layer: str) -> Tensor:
+    """The output a forward hook caught at ``layer``; ``MethodError`` when the layer did not run."""
+    if layer not in caught:
+        raise MethodError(f"expected layer {layer!r} to run during the forward pass, got no output from it")
+    return caught[layer]

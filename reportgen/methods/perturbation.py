@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from reportgen.errors import MethodError
 from reportgen.hooks import capture, find_layer
-from reportgen.methods.inputs import check_batch
+from reportgen.methods.inputs import check_batch, check_caught, check_logits
 
 __all__ = ["ablationcam", "scorecam"]
 
@@ -66,15 +66,8 @@ def _first_pass(model: nn.Module, x: Tensor, layer: str, targets: Tensor) -> tup
             logits = model(x)
     finally:
         handle.remove()
-    if layer not in caught:
-        raise MethodError(f"expected layer {layer!r} to run during the forward pass, got no output from it")
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise MethodError(f"expected the model to return logits of shape ({x.shape[0]}, K), got {shape}")
-    k = logits.shape[1]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k):
-        raise MethodError(f"expected target classes in [0, {k}), got values from {int(targets.min())} to {int(targets.max())}")
-    return logits.float(), caught[layer].float(), calls[0]
+    a = check_caught(caught, layer)
+    return check_logits(logits, x.shape[0], targets).float(), a.float(), calls[0]
 
 
 def _spans(images: Tensor, batch_size: int, per_image: bool) -> Iterator[tuple[int, int]]:

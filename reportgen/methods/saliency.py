@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reportgen.errors import MethodError
-from reportgen.methods.inputs import check_batch
+from reportgen.methods.inputs import check_batch, check_logits
 
 __all__ = [
     "IG_BASELINES",
@@ -50,16 +50,6 @@ def _check_positive(name: str, value: int) -> None:
         raise MethodError(f"expected {name} to be a positive integer, got {value!r}")
 
 
-def _check_logits(logits: object, rows: int, targets: Tensor) -> Tensor:
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != rows:
-        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise MethodError(f"expected the model to return logits of shape ({rows}, K), got {got}")
-    k = logits.shape[1]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= k):
-        raise MethodError(f"expected target classes in [0, {k}), got {targets.min().item()}..{targets.max().item()}")
-    return logits
-
-
 # ---------------------------------------------------------------------------------------------------- gradients
 
 
@@ -77,7 +67,7 @@ def _input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tenso
     columns = targets.shape[1]
     grads = []
     with torch.enable_grad():
-        logits = _check_logits(model(leaf), leaf.shape[0], targets)
+        logits = check_logits(model(leaf), leaf.shape[0], targets)
         for t in range(columns):
             # Images are independent in eval mode: the gradient of the sum is each image's own gradient.
             score = logits.gather(1, targets[:, t : t + 1]).float().sum()

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from reportgen.errors import MethodError
 from reportgen.hooks import capture, find_layer
-from reportgen.methods.inputs import check_batch
+from reportgen.methods.inputs import check_batch, check_caught, check_logits
 
 __all__ = ["forward_with_layer", "shapleycam"]
 
@@ -34,15 +33,8 @@ def forward_with_layer(model: nn.Module, x: Tensor, targets: Tensor, layer: str)
     """
     with capture(model, [layer], grad=True) as caught, torch.enable_grad():
         logits = model(x)
-    if layer not in caught:
-        raise MethodError(f"expected layer {layer!r} to run during the forward pass, got no output from it")
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise MethodError(f"expected the model to return logits of shape ({x.shape[0]}, K), got {shape}")
-    k = logits.shape[1]
-    if int(targets.min()) < 0 or int(targets.max()) >= k:
-        raise MethodError(f"expected target classes in [0, {k}), got values from {int(targets.min())} to {int(targets.max())}")
-    return logits, caught[layer]
+    a = check_caught(caught, layer)
+    return check_logits(logits, x.shape[0], targets), a
 
 
 def shapleycam(model: nn.Module, x: Tensor, targets: Tensor, *, layer: str) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from reportgen.errors import MethodError
 from reportgen.hooks import capture
-from reportgen.methods.inputs import check_batch
+from reportgen.methods.inputs import check_batch, check_caught, check_logits
 
 __all__ = ["smoothgradcampp", "smooth_moments", "smooth_formula"]
 
@@ -38,12 +38,8 @@ def smooth_moments(model: nn.Module, x: Tensor, targets: Tensor, layer: str, noi
     """
     n, s = x.shape[0], noise.shape[0]
     with torch.inference_mode(), capture(model, [layer]) as caught:
-        k = model(x).shape[1]
-    if layer not in caught:
-        raise MethodError(f"expected layer {layer!r} to run during the forward pass, got no output from it")
-    if int(targets.min()) < 0 or int(targets.max()) >= k:
-        raise MethodError(f"expected target classes in [0, {k}), got {targets.min().item()}..{targets.max().item()}")
-    a = caught[layer].float().clone()
+        check_logits(model(x), n, targets)
+    a = check_caught(caught, layer).float().clone()
     moments = torch.zeros((3, n, targets.shape[1], *a.shape[1:]), device=x.device, dtype=torch.float32)
     rows = torch.arange(n * s, device=x.device)
     for start in range(0, n * s, batch_size):
