@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test lint bench classics clean-outputs mutate
+.PHONY: install system-deps browser-deps demo audit-demo test lint bench classics clean-outputs mutate
 
 # WeasyPrint draws with Pango and subsets fonts with HarfBuzz's subsetter (without it, a slow pure-Python
 # fallback). Installed from Debian when missing and we may; otherwise a note, never a failure.
@@ -16,6 +16,18 @@ system-deps:
 	  (apt-get install -y -qq $(SYSTEM_LIBS) || (apt-get update -qq && apt-get install -y -qq $(SYSTEM_LIBS))) >/dev/null 2>&1 \
 	    || echo "note: could not install $(SYSTEM_LIBS); PDFs may fail or print slowly"; \
 	else echo "note: install $(SYSTEM_LIBS) with your package manager for the PDF report"; fi
+
+# The browser tests (tests/test_browser.py) and `make bench` open reports in headless Chromium: Debian's chromium,
+# driven by Playwright's Python package (the test extra) through its executable, so nothing downloads a browser.
+# Installed when missing and we may; otherwise a note, never a failure (the tests then skip, saying why).
+browser-deps:
+	@if [ -n "$$REPORTGEN_CHROMIUM" ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (apt-get)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) >/dev/null 2>&1 \
+	    || echo "note: could not install chromium; the browser tests will skip"; \
+	else echo "note: install chromium with your package manager for the browser tests (tests/test_browser.py)"; fi
 
 $(STAMP): pyproject.toml
 	$(MAKE) --no-print-directory system-deps
@@ -32,7 +44,16 @@ demo: $(STAMP)
 	$(PY) -m reportgen.demo outputs/demo-images
 	$(VENV)/bin/reportgen run configs/demo.yaml --force
 
-test: $(STAMP)
+# The audit scenario (docs/AUDIT.md): two small nets trained here in seconds, one of which learned a shortcut; both
+# audited, the second compared with the first (compare_to). The shortcut net's gates fail: exit 3, as they should.
+audit-demo: $(STAMP)
+	$(PY) -m reportgen.auditdemo outputs/audit-demo
+	$(VENV)/bin/reportgen run configs/audit_clean.yaml --force
+	$(VENV)/bin/reportgen run configs/audit_shortcut.yaml --force; code=$$?; \
+	  if [ $$code -eq 3 ]; then echo "the shortcut net failed its gates (exit 3): the audit caught it; see outputs/audit-shortcut/report.html and outputs/audit-shortcut-compare/compare.html"; \
+	  else echo "expected exit 3 from the shortcut net's gates, got $$code"; exit 1; fi
+
+test: $(STAMP) browser-deps
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
@@ -45,7 +66,7 @@ classics: $(STAMP)
 
 # reportgen against the hardware floor and the peers (pytorch-grad-cam, torchcam, captum): one JSON line each.
 BENCH_DEVICE ?= cpu
-bench: $(STAMP)
+bench: $(STAMP) browser-deps
 	$(PY) -m pip install --quiet -e '.[bench]' || echo "note: could not install the bench extra; missing peers are reported as error lines"
 	rm -f bench/results_$(BENCH_DEVICE).jsonl
 	$(PY) -m bench --device $(BENCH_DEVICE) --out bench/results_$(BENCH_DEVICE).jsonl
@@ -61,4 +82,4 @@ mutate: $(STAMP)
 	$(VENV)/bin/mutmut results
 
 clean-outputs:
-	rm -rf outputs/demo outputs/demo-images outputs/cache
+	rm -rf outputs/demo outputs/demo-images outputs/cache outputs/audit-demo outputs/audit-clean outputs/audit-shortcut outputs/audit-shortcut-compare

@@ -142,6 +142,12 @@ def summary(bench: Bench, elapsed: float) -> dict[str, Any]:
         "pdf_mb": g("pdf", "pdf_mb"),
         "pdf_images": g("pdf", "images"),
         "pdf_pages": g("pdf", "pdf_pages"),
+        "report_pdf_mode": g("report_pdf", "pdf_mode"),
+        "report_pdf_seconds": g("report_pdf", "pdf_seconds"),
+        "report_pdf_mb": g("report_pdf", "pdf_mb"),
+        "report_pdf_pages": g("report_pdf", "pdf_pages"),
+        "report_index_mb": g("report_index", "index_mb"),
+        "report_index_load_s": g("report_index", "load_s"),
         "problems": bench.problems,
         "bench_seconds": elapsed,
     }
@@ -189,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.scorecam import run_scorecam
 
             _guard(bench, "scorecam", lambda: run_scorecam(bench))
+        if "metrics" in wanted:
+            from bench.metrics import run_metrics
+
+            _guard(bench, "metrics", lambda: run_metrics(bench))
         if "draw" in wanted:
             from bench.draw import run_draw
 
@@ -202,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          ("memory", e2e.run_memory), ("pdf", e2e.run_pdf)):
             if name in wanted:
                 _guard(bench, name, lambda fn=fn: fn(bench))
+        reports = [m for m in wanted if m in ("report_pdf", "report_index")]
+        if reports:
+            from bench.report import run_report
+
+            _guard(bench, "report", lambda: run_report(bench, reports), names=reports)
         bench.emit("summary", **summary(bench, time.perf_counter() - t0))
     finally:
         if not args.keep and args.workdir is None:

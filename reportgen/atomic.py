@@ -1,9 +1,12 @@
 """Atomic file-system steps, and the leftovers of processes that were killed half-way.
 
 Every file reportgen writes for keeps (cache entries, model cards, reports) is first written under a temporary
-name that carries the writer's process id, then renamed into place. A process killed with SIGKILL can leave
-such temporaries behind; ``is_stale`` tells them apart from those of a run still going (the same cache may be
-shared by concurrent runs), so only a dead writer's leftovers are removed.
+name that carries its writer — the host name and the process id, ``.tmp-<host>-<pid>-...`` (``.partial-`` for a
+report being built, ``.old-`` for the previous report set aside) — then renamed into place. A process killed with
+SIGKILL can leave such temporaries behind; ``is_stale`` tells them apart from those of a run still going (the same
+cache may be shared by concurrent runs, on several machines over a shared file system), so only a dead writer's
+leftovers are removed: a process id is only asked about on its own host; another host's temporary (and an old
+``.tmp-<pid>-...`` name without a host) is left alone until it is ``FOREIGN_STALE_AFTER_S`` old.
 """
 
 from __future__ import annotations
@@ -16,23 +19,57 @@ import re
 import secrets
 import shutil
 import signal
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from reportgen import failpoints
 
-__all__ = ["temp_file", "replace_atomically", "write_text_atomically", "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error"]
+__all__ = ["temp_file", "temp_name", "writer_tag", "parse_temp_name", "replace_atomically", "write_text_atomically",
+           "is_stale", "sweep", "swap_into_place", "restore_old", "die_with_parent", "describe_os_error", "FOREIGN_STALE_AFTER_S"]
 
-_PID = re.compile(r"^\.(?:tmp|partial|old)-(\d+)-")
+# A temporary of another host (whose processes we cannot ask about), or of an old reportgen that did not name
+# its host, is judged by age alone: a day without a change (by mtime, of it or of what is directly inside it).
+FOREIGN_STALE_AFTER_S = 24 * 3600
+
+# .tmp-<host>-<pid>-rest (host: letters, digits, dots and underscores, no "-"), or the old .tmp-<pid>-rest
+_NAME = re.compile(r"^\.(?P<kind>tmp|partial|old)-(?:(?P<host>[A-Za-z0-9._]+)-)?(?P<pid>\d+)-(?P<rest>.*)$", re.S)
+
+
+@functools.cache
+def _host() -> str:
+    """This machine's name as it appears in temporary names: ``-`` and anything unusual become ``_``, at most 40
+    characters (so a ``-`` after it always ends it, and ``<host>-<pid>`` parses back)."""
+    name = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname() or "localhost")[:40]
+    return name or "localhost"
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """``<host>-<pid>`` of this process (or of ``pid`` on this host): the writer part of a temporary name."""
+    return f"{_host()}-{os.getpid() if pid is None else pid}"
+
+
+def temp_name(kind: str, rest: str) -> str:
+    """``.<kind>-<host>-<pid>-<rest>`` for this process; ``kind`` is ``tmp``, ``partial`` or ``old``."""
+    return f".{kind}-{writer_tag()}-{rest}"
+
+
+def parse_temp_name(name: str) -> tuple[str, str | None, int, str] | None:
+    """(kind, host or None for an old-style name, pid, rest) of a temporary's name, or None if it is not one."""
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    return m.group("kind"), m.group("host"), int(m.group("pid")), m.group("rest")
 
 
 def temp_file(folder: Path, suffix: str) -> Path:
-    """A new empty file in ``folder`` named ``.tmp-<pid>-<random><suffix>``, readable as the umask allows.
+    """A new empty file in ``folder`` named ``.tmp-<host>-<pid>-<random><suffix>``, readable as the umask allows.
 
     (``tempfile.mkstemp`` would make it private to this user: a report or a shared cache is meant to be read.)
     """
     for _ in range(100):
-        path = Path(folder) / f".tmp-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+        path = Path(folder) / temp_name("tmp", f"{secrets.token_hex(6)}{suffix}")
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -76,23 +113,55 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def is_stale(name: str) -> bool:
-    """Whether ``name`` is a temporary (``.tmp-``/``.partial-``/``.old-<pid>-...``) whose writer is gone."""
-    m = _PID.match(name)
-    return bool(m) and not _alive(int(m.group(1)))
+def _last_change(path: Path) -> float | None:
+    """The newest mtime of ``path`` and (for a folder) of what is directly inside it; None if it is gone."""
+    try:
+        newest = os.lstat(path).st_mtime
+    except OSError:
+        return None
+    if os.path.isdir(path) and not os.path.islink(path):
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+    return newest
+
+
+def is_stale(name: str, path: Path | None = None) -> bool:
+    """Whether ``name`` is a temporary (``.tmp-``/``.partial-``/``.old-<host>-<pid>-...``) whose writer is gone.
+
+    A name of this host is judged by its process id. A name of another host, or an old-style name without a host
+    (``.tmp-<pid>-...``), is stale only once ``path`` (where it is) has not changed for ``FOREIGN_STALE_AFTER_S``;
+    without ``path`` such a name is never stale.
+    """
+    parsed = parse_temp_name(name)
+    if parsed is None:
+        return False
+    _kind, host, pid, _rest = parsed
+    if host == _host():
+        return not _alive(pid)
+    if path is None:
+        return False
+    changed = _last_change(Path(path))
+    return changed is not None and time.time() - changed > FOREIGN_STALE_AFTER_S
 
 
 def sweep(folder: Path, endswith: str = "") -> int:
     """Remove the stale temporaries directly inside ``folder`` whose name ends with ``endswith``; return how many.
 
-    Only names of the form ``.tmp-<pid>-...``, ``.partial-<pid>-...`` and ``.old-<pid>-...`` whose process is
-    gone are touched. (Process ids are this machine's: a cache shared over a network file system with a
-    writer elsewhere could lose that writer's temporary, whose entry is then simply written again later.)
+    Only names of the form ``.tmp-<host>-<pid>-...``, ``.partial-...`` and ``.old-...`` are touched: this host's
+    whose process is gone, and another host's (or old-style ones without a host) untouched for a day
+    (``is_stale``), so a live writer on another machine sharing the folder never loses its temporary.
     """
     removed = 0
     try:
         names = [e for e in os.scandir(folder)
-                 if e.name.startswith(".") and e.name.endswith(endswith) and is_stale(e.name)]
+                 if e.name.startswith(".") and e.name.endswith(endswith) and is_stale(e.name, Path(e.path))]
     except (FileNotFoundError, NotADirectoryError):
         return 0
     for entry in names:
@@ -159,12 +228,12 @@ def swap_into_place(new: Path, target: Path) -> None:
 
     On Linux the two folders are exchanged in one atomic step, so a reader (or a crash) sees either the whole
     old report or the whole new one, never neither. Elsewhere the old folder is first renamed aside
-    (``.old-<pid>-...``); a crash between the two renames leaves it there, and ``restore_old`` puts it back.
+    (``.old-<host>-<pid>-...``); a crash between the two renames leaves it there, and ``restore_old`` puts it back.
     """
     if target.exists() and _exchange(new, target):
         shutil.rmtree(new, ignore_errors=True)  # now holds the previous report
         return
-    old = target.parent / f".old-{os.getpid()}-{target.name}"
+    old = target.parent / temp_name("old", target.name)
     if target.exists():
         os.replace(target, old)
     failpoints.reached("publish")
@@ -177,7 +246,8 @@ def restore_old(target: Path) -> bool:
     if target.exists():
         return False
     for entry in sorted(target.parent.glob(f".old-*-{target.name}")):
-        if is_stale(entry.name):
+        parsed = parse_temp_name(entry.name)
+        if parsed is not None and parsed[3] == target.name and is_stale(entry.name, entry):
             os.replace(entry, target)
             return True
     return False

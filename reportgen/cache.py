@@ -78,13 +78,25 @@ class TensorCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
-        """(arrays, metadata) for ``key``, or None. A corrupt entry counts as a miss and is removed."""
+    def get(self, key: str, *, count: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+        """(arrays, metadata) for ``key``, or None. A corrupt entry counts as a miss and is removed.
+
+        Args:
+            count: add the lookup to the run's hits and misses (the audit's second reading of a result does not).
+        """
+        found = self._read(key)
+        if count:
+            if found is None:
+                self.stats.cache_misses += 1
+            else:
+                self.stats.cache_hits += 1
+        return found
+
+    def _read(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
         from safetensors import safe_open
 
         path = self._path(key)
         if not path.is_file():
-            self.stats.cache_misses += 1
             return None
         try:
             with safe_open(str(path), framework="np") as f:
@@ -95,9 +107,7 @@ class TensorCache:
         except Exception:  # a truncated, altered or foreign file: recompute rather than use or fail on it
             log.warning("cache entry %s is corrupt; recomputing it", path)
             path.unlink(missing_ok=True)
-            self.stats.cache_misses += 1
             return None
-        self.stats.cache_hits += 1
         return arrays, meta
 
     def has(self, key: str) -> bool:

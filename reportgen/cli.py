@@ -1,6 +1,7 @@
 """Command line: a thin shell over the library. Only this module turns errors into exit codes.
 
-Exit codes: 0 ok, 1 runtime failure, 2 config or usage error, 130 interrupted.
+Exit codes: 0 ok, 1 runtime failure, 2 config or usage error, 3 a gate condition failed (``checks:`` of a run,
+``compare --fail-on``; everything is still written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the visualization methods")
 
+    p = sub.add_parser("compare", help="compare two finished runs; exit 3 when a --fail-on condition holds")
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="the output folder of the first run (before)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the output folder of the second run (after)")
+    p.add_argument("--output", type=Path, help="the comparison's folder (default: compare-A-vs-B beside RUN_B)")
+    p.add_argument("--fail-on", action="append", default=[], metavar="CONDITION",
+                   help="a gate condition that fails the comparison when true, e.g. 'accuracy_drop > 0.02' "
+                        "(repeatable; docs/AUDIT.md lists the facts)")
+    p.add_argument("--force", action="store_true", help="replace a previous comparison in the output folder")
+    p.add_argument("--no-pdf", action="store_true", help="write no compare.pdf")
+
+    p = sub.add_parser("rerun", help="repeat a finished run from its manifest and say what differs")
+    p.add_argument("run_dir", type=Path, metavar="OUTPUT_DIR", help="the finished run's output folder")
+    p.add_argument("--output", type=Path, help="where the rerun's report goes (default: OUTPUT_DIR-rerun)")
+    p.add_argument("--data", type=Path, help="the image folder (required when the run redacted its paths)")
+    p.add_argument("--force", action="store_true", help="replace a previous rerun in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("cache", help="inspect or clear the tensor cache")
     p.add_argument("action", choices=("info", "clear"))
     p.add_argument("config", type=Path, nargs="?", help="a config, to use its run.cache_dir")
@@ -58,20 +76,28 @@ def _load(path: Path, data: Path | None = None):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from reportgen import distributed
     from reportgen.report import PdfJob
 
-    # The PDF printer's interpreter and WeasyPrint import start first, in parallel with everything below.
-    pdf_job = PdfJob()
+    # The PDF printer's interpreter and WeasyPrint import start first, in parallel with everything below
+    # (under torchrun only on rank 0, which publishes; a config error is then printed once, by rank 0).
+    pdf_job = PdfJob() if distributed.rank() == 0 else None
     try:
         from reportgen.runner import run
 
-        if args.data is not None and not args.data.is_dir():
-            raise UsageError(f"--data: folder not found: {args.data.resolve()}")
-        cfg = _load(args.config, data=args.data).with_overrides(output=args.output, cache_dir=args.cache_dir,
-                                                                device=args.device)
+        def load():
+            if args.data is not None and not args.data.is_dir():
+                raise UsageError(f"--data: folder not found: {args.data.resolve()}")
+            return _load(args.config, data=args.data).with_overrides(output=args.output, cache_dir=args.cache_dir,
+                                                                     device=args.device)
+
+        cfg = distributed.agreed(load, what="config")
         result = run(cfg, force=args.force, progress=not args.quiet, pdf_job=pdf_job)
     finally:
-        pdf_job.cancel()
+        if pdf_job is not None:
+            pdf_job.cancel()
+    if distributed.rank() != 0:  # rank 0 prints the run's summary
+        return 0
     s = result.stats
     print(f"images: {s.images_ok} rendered, {s.images_skipped} skipped, {s.batches} batches on {s.device}")
     print(f"cache: {s.cache_hits} hits, {s.cache_misses} misses, {s.cache_writes} written ({cfg.run.cache_dir})")
@@ -81,10 +107,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"out of memory {s.oom_splits} time(s): batches were halved and retried (same results)")
     secs = ", ".join(f"{k} {v:.2f}s" for k, v in s.seconds.items())
     print(f"time: {s.duration_s:.2f}s ({secs})")
+    if s.metric_images:
+        print(f"trust metrics: {s.metric_images} perturbed images through the model")
     print(f"report: {result.html}")
     if result.pdf:
         print(f"pdf:    {result.pdf}")
-    return 0
+    if result.comparison:
+        print(f"compared with {cfg.compare_to}: {result.comparison / 'compare.html'}")
+    return _gates(result.checks)
+
+
+def _gates(checks) -> int:
+    """Print the gate verdicts; 3 when one failed (the run wrote everything), else 0."""
+    failed = [c for c in checks if c["failed"]]
+    for c in failed:
+        print(f"gate failed: {c['condition']}: {c['detail']}", file=sys.stderr)
+    if checks:
+        print(f"gates: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 3 if failed else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -183,8 +223,42 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from reportgen.rerun import rerun
+
+    done = rerun(args.run_dir, output=args.output, data=args.data, force=args.force, progress=not args.quiet)
+    print(f"rerun: {done.result.html}")
+    if not done.inputs and not done.results:
+        print("same inputs, same results: every recorded input and every prediction and raw map are equal")
+    for line in done.inputs:
+        print(f"differs: {line}")
+    for line in done.results:
+        print(f"result differs: {line}")
+    return _gates(done.result.checks)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from reportgen.compare import compare_runs
+
+    result = compare_runs(args.run_a, args.run_b, args.output, fail_on=args.fail_on, force=args.force,
+                          pdf=not args.no_pdf)
+    c = result.comparison
+    print(f"compared {c.images['common']} images ({len(c.images['only_a'])} only in A, "
+          f"{len(c.images['only_b'])} only in B): {len(c.flips)} flips")
+    print(f"report: {result.html}")
+    if result.pdf:
+        print(f"pdf:    {result.pdf}")
+    print(f"json:   {result.json}\njunit:  {result.xml}")
+    for check in result.failed:
+        print(f"gate failed: {check.condition}: {check.detail}", file=sys.stderr)
+    if result.checks:
+        print(f"gates: {len(result.checks) - len(result.failed)} passed, {len(result.failed)} failed")
+    return result.exit_code
+
+
 _COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "config-schema": _cmd_config_schema, "layers": _cmd_layers,
-             "methods": _cmd_methods, "cache": _cmd_cache}
+             "methods": _cmd_methods, "cache": _cmd_cache, "compare": _cmd_compare,
+             "rerun": _cmd_rerun}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     except ReportgenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # under torchrun, rank 0 prints what failed on the others
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: the previous report (if any) is untouched; cached results are kept", file=sys.stderr)

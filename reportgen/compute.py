@@ -37,6 +37,8 @@ def compute_entries(spec: ComputeSpec, lm: LoadedModel, x: torch.Tensor, wanted:
     The predictions are always computed (the targets come from them).
     """
     target = spec.target_name
+    scored = {w for w in wanted if w.kind == "metric"}
+    wanted = wanted | {ResultKey.cam(w.method, w.layer, w.target) for w in scored}  # scores need their maps
     fm_layers = [la for la in spec.fm_layers if ResultKey.feature_maps(la) in wanted]
     cams = [w for w in wanted if w.kind == "cam"]
     grad_methods = [m for m in spec.methods if get_method(m).engine == "gradient" and any(w.method == m for w in cams)]
@@ -74,6 +76,10 @@ def compute_entries(spec: ComputeSpec, lm: LoadedModel, x: torch.Tensor, wanted:
             maps_by_key[(layer, method)], *extra = _map_method(spec, lm, x, targets, method, layer)
             extras[(layer, method)] = tuple(extra)
             stats.map_passes += 1
+        if scored:
+            from reportgen.trust import score_batch
+
+            out.update(score_batch(spec, lm, x, targets, maps_by_key, scored, stats))
     targets_np = targets.cpu().numpy()
     meta = [{"target_kinds": json.dumps(kinds[i])} for i in range(n)]
     for (layer, method), maps in maps_by_key.items():

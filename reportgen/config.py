@@ -61,7 +61,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODEL_SOURCES = ("timm", "torchvision", "torchscript", "export", "factory")  # export: a torch.export.save .pt2
-TARGET_KINDS = ("predicted", "true", "class", "topk")
+TARGET_KINDS = ("predicted", "true", "predicted_and_true", "class", "topk")
+_TARGET_WORDS = ("predicted", "true", "predicted_and_true", "topk")
 _RESIZE_MODES = ("squash", "crop")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -97,8 +98,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The images, and the audit's side tables: ``metadata`` (CSV: a ``file`` column and grouping columns) and
+    ``boxes`` (CSV or JSON: file, x0, y0, x1, y1, optional label), both read by ``reportgen.annotations``."""
+
     path: Path
     limit: int | None = None
+    metadata: Path | None = None
+    boxes: Path | None = None
+
+
+METRIC_NAMES = ("deletion", "insertion", "average_drop", "increase", "road_morf", "road_lerf", "sanity")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Trust metrics of the maps (``reportgen.metrics``): which, of which methods, and their passes' batching."""
+
+    compute: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()  # empty: every method of cams.methods that explains a class
+    steps: int = 20
+    batch_size: int = 64
+    bf16: bool = False
+    sanity_stages: int = 4
+    bootstrap: int = 1000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,11 +179,40 @@ class FiltersConfig:
 
 @dataclass(frozen=True)
 class ReportOptions:
-    pdf: bool = True
+    pdf: str | bool = "summary"  # "summary", "full" or False (true in a config reads as "summary")
     colormap: str = "jet"
     alpha: float = 0.45
     image_size: int = 384
     raw_maps: str = "reduced"  # "full": also the signed (3, H, W) attribution of input-level methods
+    pdf_images: tuple[str, ...] = ("misclassified", "least_confident", "sample")
+    pdf_max_images: int = 25
+    self_contained: bool = False
+    self_contained_budget_mb: float = 50.0
+    redact_paths: bool = False
+    normalize: str = "per_map"  # the colour scale of the maps: per_map, per_image, per_method or shared
+
+
+@dataclass(frozen=True)
+class FiguresGridConfig:
+    """A paper figure of images (rows) x methods (columns)."""
+
+    images: tuple[str, ...] = ()  # image files (paths under data.path)
+    methods: tuple[str, ...] = ()  # default: every method of cams.methods
+    layer: str | None = None  # default: the first of cams.layers
+
+
+@dataclass(frozen=True)
+class FiguresConfig:
+    """Figures for papers (``reportgen.paperfigs``), written under ``<output>/figures/``."""
+
+    strips: tuple[str, ...] = ()  # image files (paths under data.path): photo + one row of methods each
+    methods: tuple[str, ...] = ()  # the strips' methods (default: every method of cams.methods)
+    layer: str | None = None  # the strips' layer (default: the first of cams.layers)
+    grid: FiguresGridConfig = field(default_factory=FiguresGridConfig)
+    kernels: tuple[str, ...] = ()  # layers of kernels.layers whose gallery is redrawn
+    class_averages: tuple[str, ...] = ()  # class names: their class-average map (the audit's) as a figure
+    dpi: int = 300
+    formats: tuple[str, ...] = ("png", "pdf", "svg")
 
 
 @dataclass(frozen=True)
@@ -177,6 +229,11 @@ class RunConfig:
     cams: CamsConfig
     filters: FiltersConfig
     report: ReportOptions
+    figures: FiguresConfig = field(default_factory=FiguresConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    checks: tuple[str, ...] = ()  # gate conditions (reportgen.checks); a failed one makes the run exit 3
+    compare_to: Path | None = None  # a finished run this one is compared with (reportgen.compare)
+    compare_checks: tuple[str, ...] = ()  # gate conditions on that comparison
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, dotted: str) -> str:
@@ -640,6 +697,28 @@ def _draw_workers_check(value: int | str) -> str | None:
     return None if 0 <= value <= 64 else f"expected 'auto' or 0..64 processes, got {value}"
 
 
+PDF_IMAGE_KINDS = ("misclassified", "least_confident", "lowest_trust", "largest_change", "sample")
+
+
+def _pdf_check(value: bool | str) -> str | None:
+    if isinstance(value, bool) or value in ("summary", "full"):
+        return None
+    return f"expected summary, full, true or false, got {_show(value)}"
+
+
+def _pdf_mode(value: bool | str) -> str | bool:
+    return "summary" if value is True else value
+
+
+def _pdf_images_check(value: list) -> str | None:
+    for item in value:
+        if item not in PDF_IMAGE_KINDS:
+            return f"unknown image list {_show(item)}; expected some of {', '.join(PDF_IMAGE_KINDS)}"
+    if len(set(value)) != len(value):
+        return "a list is named twice"
+    return None
+
+
 def _colormap_check(value: str) -> str | None:
     import matplotlib
 
@@ -718,13 +797,23 @@ SECTIONS: tuple[Section, ...] = (
         Field("title", str, Computed("reportgen: <config stem>", lambda p: f"reportgen: {p.stem}"),
               "the report's title"),
         _sub("model", "which network, and how to fill it", required=True),
+        Field("checks", list, (), "gate conditions such as 'accuracy < 0.9' or 'group_accuracy[marked] < 0.8': a "
+              "condition that holds fails the run (exit 3, everything still written); see docs/AUDIT.md",
+              form="names", type_text="list of conditions"),
+        Field("compare_to", str, None, "a finished run folder this run is compared with (reportgen compare); the "
+              "comparison is written into this run's compare/ folder and its conditions are --fail-on ones: "
+              "compare_checks", form="path", must="dir", type_text="path to a run folder", default_text="none"),
+        Field("compare_checks", list, (), "gate conditions on the comparison with compare_to, such as "
+              "'accuracy_drop > 0.02' or 'flips > 10'", form="names", type_text="list of conditions"),
         _sub("data", "the images", required=True),
         _sub("run", "where results go and where the work runs"),
         _sub("kernels", "conv weights drawn as images"),
         _sub("feature_maps", "activations per image and layer"),
         _sub("cams", "class activation maps and saliency, per image"),
         _sub("filters", "activation maximization"),
+        _sub("metrics", "trust metrics of the maps"),
         _sub("report", "how the report is drawn"),
+        _sub("figures", "figures for papers, under <output>/figures/"),
     )),
     Section("model", "which network to build and how to fill it", (
         Field("source", str, None, "where the model comes from", choices=MODEL_SOURCES, required=True),
@@ -759,6 +848,12 @@ SECTIONS: tuple[Section, ...] = (
         Field("path", str, None, "image folder, walked recursively; class subfolders become labels (ImageFolder "
               "layout)", required=True, form="path", must="dir", type_text="path to a folder"),
         Field("limit", int, None, "read at most this many images", minimum=1, default_text="all"),
+        Field("metadata", str, None, "CSV with a file column (paths under data.path) and any other columns: each "
+              "becomes a grouping of accuracy, confidence and metrics", form="path", must="file",
+              type_text="path to a .csv file", default_text="none"),
+        Field("boxes", str, None, "CSV or JSON of boxes (file, x0, y0, x1, y1 in the image's pixels, optional "
+              "label): pointing game and map energy inside the box per method", form="path", must="file",
+              type_text="path to a .csv or .json file", default_text="none"),
     ), required=True),
     Section("run", "where results go and where the work runs", (
         Field("output", str, Computed("<config dir>/outputs/<config stem>",
@@ -788,9 +883,10 @@ SECTIONS: tuple[Section, ...] = (
         _names("methods", "methods to run (see reportgen methods)", choices_from="methods",
                allowed_text="the cam methods of reportgen methods"),
         _names("layers", "layers the layer methods explain (required with them); input-level methods ignore it"),
-        Field("target", (str, int), "predicted", "the class explained: the prediction, the folder label, the "
+        Field("target", (str, int), "predicted", "the class explained: the prediction, the folder label, both "
+              "(predicted_and_true: a misclassified image shows its label's map beside the prediction's), the "
               "top_k predictions, or a fixed class index", type_text="string or integer",
-              allowed_text="predicted, true, topk, or a class index >= 0"),
+              allowed_text="predicted, true, predicted_and_true, topk, or a class index >= 0"),
         Field("top_k", int, 1, "classes explained with target: topk", minimum=1, maximum=20),
         Field("eigen_smooth", bool, False, "first principal component instead of the channel sum (gradient CAMs)"),
         Field("aug_smooth", bool, False, "average over flips and brightness factors (gradient CAMs)"),
@@ -810,14 +906,66 @@ SECTIONS: tuple[Section, ...] = (
         Field("seed", int, 0, "seed of the start image and the transforms", minimum=0),
         Field("batch_size", int, 16, "channels optimised together", minimum=1, maximum=4096),
     )),
+    Section("metrics", "trust metrics of the maps, per image, method and layer (extra model passes; docs/AUDIT.md)", (
+        Field("compute", list, (), "metrics to compute", form="names", choices=METRIC_NAMES,
+              type_text="list of names"),
+        _names("methods", "methods whose maps are scored (default: every method of cams.methods that explains a "
+               "class)", choices_from="methods", allowed_text="methods of cams.methods"),
+        Field("steps", int, 20, "deletion/insertion: pixels removed or revealed in this many equal steps",
+              minimum=2, maximum=1000),
+        Field("batch_size", int, 64, "perturbed images per forward pass", minimum=1, maximum=4096),
+        Field("bf16", bool, False, "perturbed passes under bfloat16 autocast (as Score-CAM's bf16 option)"),
+        Field("sanity_stages", int, 4, "sanity check: maps recomputed after randomizing this many cumulative "
+              "blocks of layers from the top", minimum=1, maximum=64),
+        Field("bootstrap", int, 1000, "bootstrap resamples for the confidence intervals of dataset means",
+              minimum=0, maximum=100000),
+        Field("seed", int, 0, "seed of the bootstrap and the sanity check's re-initialization", minimum=0),
+    )),
     Section("report", "how the report is drawn", (
-        Field("pdf", bool, True, "also print report.pdf"),
+        Field("pdf", (bool, str), "summary", "report.pdf: summary (the overview and report.pdf_images), full "
+              "(every image as an appendix) or false; true reads as summary", check=_pdf_check, convert=_pdf_mode,
+              allowed_text="summary, full, true (= summary), false", type_text="summary, full or a boolean"),
+        Field("pdf_images", list, PDF_IMAGE_KINDS[:2] + PDF_IMAGE_KINDS[-1:], "which images the summary PDF shows, "
+              "taken in turn from each list", check=_pdf_images_check, convert=tuple,
+              allowed_text=", ".join(PDF_IMAGE_KINDS), type_text="list of names"),
+        Field("pdf_max_images", int, 25, "at most this many images in the summary PDF", minimum=0, maximum=100000),
+        Field("self_contained", bool, False, "also write report-standalone.html: one file, every figure embedded"),
+        Field("self_contained_budget_mb", float, 50.0, "warn when report-standalone.html would be larger (MB)",
+              minimum=0.0),
+        Field("redact_paths", bool, False, "leave the absolute data, config, output and cache folders out of "
+              "manifest.json too (the pages never show them)"),
         Field("colormap", str, "jet", "colormap of the overlays and feature maps", check=_colormap_check,
               allowed_text="a matplotlib colormap name"),
         Field("alpha", float, 0.45, "opacity of a CAM over its photo", minimum=0.0, maximum=1.0),
         Field("image_size", int, 384, "long side of the photos drawn, in pixels", minimum=64, maximum=4096),
         Field("raw_maps", str, "reduced", "full also stores the signed per-channel (3, H, W) attribution of "
               "input-level methods in maps/, for comparison with captum", choices=("reduced", "full")),
+        Field("normalize", str, "per_map", "the colours' scale, said on every colour bar: per_map (each map "
+              "min-max), per_image (one scale over an image's maps), per_method (one per method and layer over the "
+              "whole run), shared (one over every map of the run); layer-level and input-level maps never share one",
+              choices=("per_map", "per_image", "per_method", "shared")),
+    )),
+    Section("figures", "figures for papers: PNG, vector PDF and SVG with real text, and a caption file each, "
+            "under <output>/figures/ (reportgen.paperfigs)", (
+        _names("strips", "image files (paths under data.path): the photo and one row of methods each"),
+        _names("methods", "the strips' methods (default: all of cams.methods)", choices_from="methods",
+               allowed_text="methods of cams.methods"),
+        Field("layer", str, None, "the strips' layer (default: the first of cams.layers)",
+              default_text="the first of cams.layers"),
+        _sub("grid", "a grid of images x methods: figures.grid.images, .methods, .layer"),
+        _names("kernels", "layers of kernels.layers whose kernel gallery is redrawn"),
+        _names("class_averages", "class names (as the model names them): the class-average map of the images of "
+               "that true class, by the first of figures.methods at figures.layer"),
+        Field("dpi", int, 300, "resolution of the PNG files", minimum=50, maximum=1200),
+        Field("formats", list, ("png", "pdf", "svg"), "files written per figure", form="names",
+              choices=("png", "pdf", "svg"), type_text="list of names"),
+    )),
+    Section("figures.grid", "a grid of images (rows) x methods (columns) at one layer", (
+        _names("images", "image files (paths under data.path), one row each"),
+        _names("methods", "one column each (default: all of cams.methods)", choices_from="methods",
+               allowed_text="methods of cams.methods"),
+        Field("layer", str, None, "the layer of the layer-level methods (default: the first of cams.layers)",
+              default_text="the first of cams.layers"),
     )),
 )
 _SECTION = {s.name: s for s in SECTIONS}
@@ -886,6 +1034,10 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
         if why:
             r.problem(f"run.{key}", f"cannot write to {v['run'][key]}: {why}")
     cams = _cams_rules(r, v["cams"])
+    metrics = _metrics_rules(r, v["metrics"], cams)
+    figures = _figures_rules(r, v["figures"], v["figures.grid"], cams, v["kernels"]["layers"])
+    for key in ("checks", "compare_checks"):
+        _check_conditions(r, key, v[""][key])
     filters, channels = v["filters"], r.lookup("filters.channels")  # as given: a wrong item is its own problem
     if filters["layers"] and not (isinstance(channels, list) and channels):
         r.problem("filters.channels", "required when filters.layers is given: name at least one channel")
@@ -896,7 +1048,9 @@ def load_config(path: str | Path, *, method_names: tuple[str, ...] | None = None
     return RunConfig(path=path, title=v[""]["title"], model=model, data=DataConfig(**v["data"]),
                      run=RunOptions(**v["run"]), kernels=KernelsConfig(**v["kernels"]),
                      feature_maps=FeatureMapsConfig(**v["feature_maps"]), cams=cams,
-                     filters=FiltersConfig(**filters), report=ReportOptions(**v["report"]), lines=dict(builder.lines))
+                     filters=FiltersConfig(**filters), report=ReportOptions(**v["report"]), figures=figures, metrics=metrics,
+                     checks=v[""]["checks"], compare_to=v[""]["compare_to"], compare_checks=v[""]["compare_checks"],
+                     lines=dict(builder.lines))
 
 
 def _model_rules(r: _Reader, values: dict[str, Any], pre: dict[str, Any]) -> ModelConfig | None:
@@ -930,15 +1084,65 @@ def _cams_rules(r: _Reader, values: dict[str, Any]) -> CamsConfig:
     return CamsConfig(**values, target=target, class_index=class_index, params=params)
 
 
+def _metrics_rules(r: _Reader, values: dict[str, Any], cams: CamsConfig) -> MetricsConfig:
+    """Metrics need maps: the methods they score must be chosen in cams.methods and explain a class."""
+    from reportgen.methods import get_method
+
+    scored = [m for m in cams.methods if get_method(m).explains_class]
+    if values["compute"] and not values["methods"]:
+        values["methods"] = tuple(scored)
+        if not scored:
+            r.problem("metrics.compute", "needs maps to score: choose a method in cams.methods")
+    for i, m in enumerate(values["methods"]):
+        if m not in cams.methods:
+            r.problem(f"metrics.methods[{i}]", f"{_show(m)} is not in cams.methods; choose it there too")
+        elif m not in scored:
+            r.problem(f"metrics.methods[{i}]", f"{_show(m)} does not explain a class (its maps have no target to "
+                      "score against)")
+    return MetricsConfig(**values)
+
+
+def _figures_rules(r: _Reader, values: dict[str, Any], grid: dict[str, Any], cams: CamsConfig,
+                   kernel_layers: tuple[str, ...]) -> FiguresConfig:
+    """Paper figures redraw the run's own maps: their methods, layers and kernel galleries must be in the run.
+    The image files are checked against the run's images when it starts (``paperfigs.check_figures``)."""
+    for where, methods in (("figures.methods", values["methods"]), ("figures.grid.methods", grid["methods"])):
+        for i, m in enumerate(methods):
+            if m not in cams.methods:
+                r.problem(f"{where}[{i}]", f"{_show(m)} is not in cams.methods; choose it there too")
+    for where, layer in (("figures.layer", values["layer"]), ("figures.grid.layer", grid["layer"])):
+        if layer is not None and layer not in cams.layers:
+            r.problem(where, f"{_show(layer)} is not in cams.layers" + _suggest(layer, cams.layers))
+    for i, layer in enumerate(values["kernels"]):
+        if layer not in kernel_layers:
+            r.problem(f"figures.kernels[{i}]", f"{_show(layer)} is not in kernels.layers (the figure redraws the "
+                      "report's gallery)" + _suggest(layer, kernel_layers))
+    return FiguresConfig(**{**values, "formats": values["formats"] or ("png", "pdf", "svg")},
+                         grid=FiguresGridConfig(**grid))
+
+
+def _check_conditions(r: _Reader, key: str, conditions: tuple[str, ...]) -> None:
+    """Each gate condition must parse (``reportgen.checks.parse_condition``)."""
+    if not conditions:
+        return
+    from reportgen.checks import parse_condition
+
+    for i, text in enumerate(conditions):
+        try:
+            parse_condition(text)
+        except ValueError as exc:
+            r.problem(f"{key}[{i}]", str(exc))
+
+
 def _target(r: _Reader, raw: str | int) -> tuple[str, int | None]:
     """``cams.target`` as (kind, class index): a class index means kind ``class``."""
     if isinstance(raw, int):
         if raw < 0:
             r.problem("cams.target", f"expected a class index >= 0, got {raw}")
         return "class", raw
-    if raw not in ("predicted", "true", "topk"):
-        r.problem("cams.target", lambda: f"expected predicted, true, topk or a class index, got {_show(raw)}"
-                  + _suggest(raw, ("predicted", "true", "topk")))
+    if raw not in _TARGET_WORDS:
+        r.problem("cams.target", lambda: f"expected {', '.join(_TARGET_WORDS)} or a class index, got {_show(raw)}"
+                  + _suggest(raw, _TARGET_WORDS))
         return "predicted", None
     return raw, None
 

@@ -1,7 +1,8 @@
 """Named points where a crash-safety test can make the process die as if killed with SIGKILL.
 
-``REPORTGEN_FAILPOINT=NAME[:N]`` in the environment kills the process (``SIGKILL``: no cleanup, no ``finally``)
-the N-th time (default: the first) it reaches the point ``NAME``. Unset, ``reached`` costs one dictionary
+``REPORTGEN_FAILPOINT=NAME[:N][@RANK]`` in the environment kills the process (``SIGKILL``: no cleanup, no
+``finally``) the N-th time (default: the first) it reaches the point ``NAME`` (under torchrun: only the process of
+rank ``RANK``, when given). Unset, ``reached`` costs one dictionary
 lookup. The points are listed in ``POINTS``; tests/test_crash.py kills a real ``reportgen run`` at each and
 checks that the rerun reuses every finished cache entry and writes the same report.
 """
@@ -26,6 +27,9 @@ def reached(name: str) -> None:
     """Die here, like ``kill -9``, if ``REPORTGEN_FAILPOINT`` names this point and this is the chosen visit."""
     spec = os.environ.get("REPORTGEN_FAILPOINT")
     if not spec:
+        return
+    spec, _, rank = spec.partition("@")
+    if rank and os.environ.get("RANK", "0") != rank:
         return
     want, _, nth = spec.partition(":")
     if want != name:

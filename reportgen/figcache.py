@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from reportgen.atomic import sweep
+from reportgen.atomic import sweep, temp_name
 from reportgen.cache import CacheInfo, cache_key
 from reportgen.config import ReportOptions
 from reportgen.images import ImageRecord
@@ -38,18 +38,25 @@ log = logging.getLogger(__name__)
 def _drawing_code_digest() -> str:
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for name in ("drawing.py", "figures.py", "tensorfile.py", "figcache.py", "names.py"):
+    for name in ("drawing.py", "figures.py", "mapscales.py", "tensorfile.py", "figcache.py", "names.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()
 
 
 def figure_key(rec: ImageRecord, keys: Mapping[ResultKey, str], opts: ReportOptions, class_names: Sequence[str],
                cam_methods: Sequence[tuple[str, str, bool]], cam_layers: Sequence[str], fm_layers: Sequence[str],
-               true_index: int | None) -> str:
+               true_index: int | None, scales: Mapping[str, Sequence[float]] | None = None) -> str:
+    """The key of one image's drawn figures.
+
+    Args:
+        scales: the run's dataset-wide colour scales (``report.normalize: per_method | shared``): they change
+            every panel's colours, so an image is redrawn when another image moves a scale.
+    """
     names = hashlib.sha256("\n".join(class_names).encode("utf-8")).hexdigest()
     return cache_key({
         "what": "figures", "results": sorted(keys.values()), "image": [rec.id, rec.rel, rec.label],
-        "report": [opts.colormap, opts.alpha, opts.image_size], "class_names": names,
+        "report": [opts.colormap, opts.alpha, opts.image_size, opts.normalize],
+        "scales": {k: list(v) for k, v in sorted((scales or {}).items())}, "class_names": names,
         "cams": [list(m) for m in cam_methods], "cam_layers": list(cam_layers), "fm_layers": list(fm_layers),
         "true_index": true_index, "drawing": _drawing_code_digest(),
     })
@@ -89,7 +96,7 @@ class FigureStore:
         if final.is_dir():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{os.getpid()}-{key[:16]}"
+        tmp = final.parent / temp_name("tmp", key[:16])
         try:
             files = {}
             for rel in _files_of(report_root, entry):
@@ -103,6 +110,10 @@ class FigureStore:
                 log.info("could not keep the drawn figures of %s in %s: %s", entry.get("path"), self.root, exc)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def has(self, key: str) -> bool:
+        """Whether the figures of ``key`` are kept (not checked: ``restore`` verifies them)."""
+        return (self._dir(key) / "entry.json").is_file()
 
     def restore(self, key: str, report_root: Path) -> dict | None:
         """Link one image's kept files into ``report_root`` and return its report entry; None when not kept (or

@@ -32,6 +32,10 @@ __all__ = [
     "apply_colormap",
     "overlay",
     "with_colorbar",
+    "scale_map",
+    "bar_ticks",
+    "css_gradient",
+    "format_tick",
     "concept_colors",
     "concept_overlay",
     "with_legend",
@@ -327,6 +331,11 @@ def _format_tick(v: float) -> str:
     return f"{v:.3g}"
 
 
+def format_tick(v: float) -> str:
+    """A colour bar's tick text: 3 significant digits, no trailing zeros, no '-0' ("1", "0.5", "1.2e-05")."""
+    return _format_tick(float(v))
+
+
 # -------------------------------------------------------------------------------------------------------- colour bar
 
 
@@ -416,6 +425,89 @@ def _colorbar_strip(height: int, cmap: str, vmin: float, vmax: float, label: str
         ly = (canvas_h - label_img.height) // 2
         out.paste(Image.new("RGB", label_img.size, _TEXT), (lx, ly), label_img)
     return out
+
+
+# ------------------------------------------------------------------------------------ colour bars drawn as HTML
+
+
+def scale_map(m: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map values to ``[0, 1]`` on a given scale: ``(m - lo) / (hi - lo)``, clipped; ``nan``/``inf`` -> 0.
+
+    Args:
+        m: real array of any shape.
+        lo: the value shown as the colormap's low end.
+        hi: the value shown as its high end; ``hi <= lo`` (a constant scale) gives all zeros.
+
+    Returns:
+        float32 array of ``m``'s shape in ``[0, 1]``. With ``lo, hi = m.min(), m.max()`` this is
+        :func:`normalize_map`.
+    """
+    a = _as_real_array(m, "a numeric array").astype(np.float32, copy=True)
+    np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    span = float(hi) - float(lo)
+    if not (math.isfinite(span) and span > 0):
+        return np.zeros(a.shape, dtype=np.float32)
+    a -= np.float32(lo)
+    a /= np.float32(span)
+    np.clip(a, 0.0, 1.0, out=a)
+    return a
+
+
+def _nice_step(span: float) -> float:
+    """A round step (1, 2 or 5 times a power of ten) that cuts ``span`` into about four parts."""
+    raw = span / 4
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
+
+
+def bar_ticks(vmin: float, vmax: float) -> list[tuple[float, float]]:
+    """Where a colour bar from ``vmin`` to ``vmax`` is labelled: its two ends and one or two round values between.
+
+    Returns:
+        ``(value, position)`` pairs in increasing order, position in ``[0, 1]`` along the bar (0 = ``vmin``). The
+        ends are the real values; the ticks between are round numbers (1, 2 or 5 times a power of ten) at least
+        30 % of the bar from either end and from each other, so labels of a few digits never touch (the midpoint
+        when no round value fits). A constant
+        scale (``vmin == vmax``) gives the one value at position 0.
+
+    Raises:
+        ValueError: unless ``vmin <= vmax`` are finite.
+    """
+    if not (math.isfinite(vmin) and math.isfinite(vmax) and vmin <= vmax):
+        raise ValueError(f"expected finite vmin <= vmax, got vmin={vmin!r}, vmax={vmax!r}")
+    if vmax == vmin:
+        return [(float(vmin), 0.0)]
+    span = vmax - vmin
+    step = _nice_step(span)
+    inner: list[tuple[float, float]] = []
+    v = math.ceil(vmin / step) * step
+    while v < vmax and len(inner) < 8:
+        at = (v - vmin) / span
+        if 0.3 <= at <= 0.7 and (not inner or at - inner[-1][1] >= 0.3):
+            inner.append((0.0 if abs(v) < step * 1e-9 else round(v, 12), at))
+        v += step
+    if len(inner) > 2:  # keep two, spread out: the first and the last
+        inner = [inner[0], inner[-1]]
+    if not inner:
+        inner = [((vmin + vmax) / 2, 0.5)]
+    return [(float(vmin), 0.0), *inner, (float(vmax), 1.0)]
+
+
+@functools.lru_cache(maxsize=64)
+def css_gradient(cmap: str, stops: int = 17) -> str:
+    """A colormap as a CSS ``linear-gradient`` from left (low end) to right (high end), ``stops`` colours evenly
+    spaced (17 stops keep jet's and viridis's bends within 2 % of the LUT).
+
+    Raises:
+        ValueError: for an unknown colormap or fewer than 2 stops.
+    """
+    stops = _check_int(stops, "stops", 2)
+    lut = colormap_lut(cmap)
+    parts = []
+    for i in range(stops):
+        r, g, b = (int(c) for c in lut[round(i * 255 / (stops - 1))])
+        parts.append(f"#{r:02x}{g:02x}{b:02x} {100 * i / (stops - 1):.4g}%")
+    return f"linear-gradient(to right, {', '.join(parts)})"
 
 
 # ------------------------------------------------------------------------------------------------- concept overlays

@@ -21,7 +21,7 @@ from reportgen.plan import layout_name
 from reportgen.prepare import ModelHandle
 from reportgen.results import Entry
 
-__all__ = ["kernel_galleries", "filter_figures"]
+__all__ = ["kernel_galleries", "kernel_arrays", "filter_figures"]
 
 
 def _model_level(cache: TensorCache, model: ModelHandle, method: str, params: dict, layer: str,
@@ -47,16 +47,28 @@ def _compute_filters(lm, *, layer: str, filters: FiltersConfig) -> Entry:
     return filter_entry(lm, layer, filters)
 
 
+def _kernels(cfg: RunConfig, model: ModelHandle, cache: TensorCache, layer: str
+             ) -> tuple[np.ndarray, list[str], bool, int]:
+    """A layer's kernels as the gallery shows them: (kernels (n, c, kh, kw), tile labels, rgb, the layer's total)."""
+    from_model = partial(_compute_kernels, layer=layer, max_kernels=cfg.kernels.max_kernels)
+    arrays, meta = _model_level(cache, model, "kernels", {"max_kernels": cfg.kernels.max_kernels}, layer, from_model)
+    return (np.asarray(arrays["kernels"], dtype=np.float32), json.loads(meta["labels"]), meta["rgb"] == "True",
+            int(meta["total"]))
+
+
 def kernel_galleries(cfg: RunConfig, model: ModelHandle, cache: TensorCache, staging: Path) -> list[dict]:
     """One kernel gallery per ``kernels.layers`` entry, drawn; their report entries."""
     entries = []
     for layer in cfg.kernels.layers:
-        from_model = partial(_compute_kernels, layer=layer, max_kernels=cfg.kernels.max_kernels)
-        arrays, meta = _model_level(cache, model, "kernels", {"max_kernels": cfg.kernels.max_kernels}, layer, from_model)
         shape = list(model.card.layers[layer].weight_shape or ())
-        entries.append(draw_kernels(staging, layer, np.asarray(arrays["kernels"], dtype=np.float32),
-                                    json.loads(meta["labels"]), meta["rgb"] == "True", int(meta["total"]), shape=shape))
+        entries.append(draw_kernels(staging, layer, *_kernels(cfg, model, cache, layer), shape=shape))
     return entries
+
+
+def kernel_arrays(cfg: RunConfig, model: ModelHandle, cache: TensorCache
+                  ) -> dict[str, tuple[np.ndarray, list[str], bool, int]]:
+    """The kernels of each ``figures.kernels`` layer, for the paper figures (from the cache the gallery filled)."""
+    return {layer: _kernels(cfg, model, cache, layer) for layer in cfg.figures.kernels}
 
 
 def filter_figures(cfg: RunConfig, model: ModelHandle, cache: TensorCache, staging: Path) -> list[dict]:

@@ -46,6 +46,13 @@ class ComputeSpec:
     aug_smooth: bool = False
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     raw_maps: str = "reduced"
+    metric_names: tuple[str, ...] = ()
+    metric_methods: tuple[str, ...] = ()
+    metric_steps: int = 20
+    metric_batch_size: int = 64
+    metric_bf16: bool = False
+    metric_sanity_stages: int = 4
+    metric_seed: int = 0
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> ComputeSpec:
@@ -53,7 +60,12 @@ class ComputeSpec:
         return cls(fm_layers=tuple(cfg.feature_maps.layers), fm_top_k=cfg.feature_maps.top_k,
                    methods=tuple(c.methods), cam_layers=tuple(c.layers), target=c.target, class_index=c.class_index,
                    top_k=c.top_k, eigen_smooth=c.eigen_smooth, aug_smooth=c.aug_smooth,
-                   params={m: dict(p) for m, p in c.params.items()}, raw_maps=cfg.report.raw_maps)
+                   params={m: dict(p) for m, p in c.params.items()}, raw_maps=cfg.report.raw_maps,
+                   metric_names=tuple(cfg.metrics.compute),
+                   metric_methods=tuple(cfg.metrics.methods) if cfg.metrics.compute else (),
+                   metric_steps=cfg.metrics.steps, metric_batch_size=cfg.metrics.batch_size,
+                   metric_bf16=cfg.metrics.bf16, metric_sanity_stages=cfg.metrics.sanity_stages,
+                   metric_seed=cfg.metrics.seed)
 
     @property
     def target_name(self) -> str:
@@ -75,9 +87,20 @@ class ComputeSpec:
     def cam_keys(self) -> list[ResultKey]:
         return [self.cam_key(m, layer) for m in self.methods for layer in self.method_layers(m)]
 
+    def metric_keys(self) -> list[ResultKey]:
+        """The trust scores of each scored method's map at each of its layers (none without ``metrics.compute``)."""
+        return [ResultKey("metric", m, layer, self.target_name) for m in self.metric_methods
+                for layer in self.method_layers(m)]
+
+    def metric_params(self) -> dict[str, Any]:
+        """What the scores depend on besides the map (part of their cache keys)."""
+        return {"names": sorted(self.metric_names), "steps": self.metric_steps, "bf16": self.metric_bf16,
+                "sanity_stages": self.metric_sanity_stages, "seed": self.metric_seed}
+
     def result_keys(self) -> list[ResultKey]:
         """Every result of one image, in report order."""
-        return [PREDICTIONS, *(ResultKey.feature_maps(la) for la in self.fm_layers), *self.cam_keys()]
+        return [PREDICTIONS, *(ResultKey.feature_maps(la) for la in self.fm_layers), *self.cam_keys(),
+                *self.metric_keys()]
 
 
 @dataclass(frozen=True)
@@ -143,7 +166,7 @@ def _image_keys(cfg: RunConfig, spec: ComputeSpec, model_id: dict, true_index: i
             {**base, "method": "feature_maps", "params": {"top_k": spec.fm_top_k}, "layer": layer})
     target: dict[str, Any] = {"kind": spec.target, "class": spec.class_index,
                               "top_k": spec.top_k if spec.target == "topk" else None}
-    if spec.target == "true":
+    if spec.target in ("true", "predicted_and_true"):
         target["label"] = true_index
     for method in spec.methods:
         params = dict(spec.params.get(method, {}))
@@ -155,6 +178,9 @@ def _image_keys(cfg: RunConfig, spec: ComputeSpec, model_id: dict, true_index: i
         for layer in spec.method_layers(method):
             keys[ResultKey.cam(method, layer, spec.target_name)] = cache_key(
                 {**base, "method": method, "params": params, "layer": layer, "target": target})
+    for key in spec.metric_keys():  # the scores of a map: that map's key, and the metrics' own parameters
+        keys[key] = cache_key({"map": keys[ResultKey.cam(key.method, key.layer, key.target)], "method": "metrics",
+                               "params": spec.metric_params()})
     return keys
 
 

@@ -1,25 +1,31 @@
-"""Render the report context into one self-contained HTML file, and print that HTML to PDF.
+"""Render the report context into its pages, and print the PDF.
 
-The context is plain, JSON-serializable data built elsewhere; the template only reads it. The HTML is one file
-(CSS inlined into a ``<style>`` element) plus the assets folder it links to with relative URLs, so it opens from
-``file://`` with no network. The PDF is printed from the same HTML by WeasyPrint, in a child process
-(``python -m reportgen.pdf``) so that WeasyPrint's memory use and any crash stay out of the main run.
+The context is plain, JSON-serializable data built elsewhere; the templates only read it. ``render_html`` writes
+the index ``report.html`` (overview first, then a sortable, filterable table of the images; light at any number of
+images) and one page per image, ``images/<id>.html``, with prev/next. Each page inlines its CSS (and the index its
+small script) and links the figures under ``assets/`` with relative URLs, so every page opens from ``file://``
+with no network. ``render_print_html`` writes the HTML the PDF is printed from (the overview and the summary's or
+every image, no script); WeasyPrint prints it in a child process (``python -m reportgen.pdf``) so that its memory
+use and any crash stay out of the main run. ``render_standalone`` writes ``report-standalone.html``: the whole
+report in one file, every figure embedded as a ``data:`` URL.
 
 This module never imports WeasyPrint, torch or matplotlib.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
 from markupsafe import Markup
@@ -29,7 +35,8 @@ from reportgen.atomic import temp_file, write_text_atomically
 from reportgen.errors import RenderError
 from reportgen.names import readable
 
-__all__ = ["render_html", "render_pdf", "PdfJob"]
+__all__ = ["render_html", "render_print_html", "render_standalone", "render_pdf", "PdfJob", "PRINT_NAME",
+           "STANDALONE_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,13 @@ TEMPLATE_PACKAGE = "reportgen.templates"
 TEMPLATE_NAME = "report.html.j2"
 CSS_NAME = "report.css"
 HTML_NAME = "report.html"
+IMAGE_TEMPLATE = "image.html.j2"
+PRINT_TEMPLATE = "print.html.j2"
+PAGES_DIR = "images"  # images/<id>.html
+PRINT_NAME = ".report-print.html"  # printed to report.pdf, then removed
+STANDALONE_NAME = "report-standalone.html"
+JS_NAME = "triage.js"
+NEIGHBOURS = 6  # images listed before and after the current one in an image page's sidebar
 STDERR_TAIL_LINES = 20
 
 
@@ -121,6 +135,15 @@ def _join(values: Any, sep: str = ", ") -> str:
     return sep.join(str(v) for v in values)
 
 
+def _num(value: Any) -> str:
+    """A metric: 3 significant digits; text as it is; nothing for None."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.3g}"
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "relurl": _relurl,
     "pct": _pct,
@@ -129,10 +152,12 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "duration": _duration,
     "dims": _dims,
     "joinstr": _join,
+    "num": _num,
 }
 
 
-def _environment() -> jinja2.Environment:
+def _environment(prefix: str = "") -> jinja2.Environment:
+    """The templates' environment; ``prefix`` goes before every asset URL (``../`` on the pages in images/)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader(TEMPLATE_PACKAGE, "."),
         autoescape=True,
@@ -142,12 +167,18 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(FILTERS)
+    if prefix:
+        env.filters["relurl"] = lambda path: prefix + _relurl(path)
     env.globals["fit"] = _fit
     return env
 
 
+CSS_FILES = (CSS_NAME, "panels.css", "audit.css")  # the pages; the map panels and colour bars; the audit section
+
+
 def _read_css() -> str:
-    return resources.files(TEMPLATE_PACKAGE).joinpath(CSS_NAME).read_text(encoding="utf-8")
+    folder = resources.files(TEMPLATE_PACKAGE)
+    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in CSS_FILES)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,43 +186,179 @@ def _read_css() -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _triage_columns(images: list[dict]) -> dict[str, Any]:
+    """The triage table's optional columns: per-image ``groups`` and ``metrics`` keys (only those present), the
+    values of each group column and the labels (for the filters)."""
+    groups: dict[str, set[str]] = {}
+    metrics: dict[str, None] = {}
+    for e in images:
+        for k, v in (e.get("groups") or {}).items():
+            groups.setdefault(str(k), set()).add(str(v))
+        for k in e.get("metrics") or {}:
+            metrics[str(k)] = None
+    return {"groups": sorted(groups), "group_values": {k: sorted(v) for k, v in groups.items()},
+            "metrics": list(metrics), "labels": sorted({str(e["label"]) for e in images if e.get("label") is not None})}
+
+
+def _render(env: jinja2.Environment, name: str, values: dict[str, Any]) -> str:
+    """``name`` rendered with ``values``; every failure a ``RenderError`` naming the template."""
+    try:
+        return env.get_template(name).render(**values)
+    except RenderError as exc:
+        raise RenderError(f"rendering {name} failed: {exc}") from exc
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"rendering {name} failed: the report context lacks a value: {exc}") from exc
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"cannot load the report template {TEMPLATE_PACKAGE}/{exc.name}") from exc
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"rendering {name} failed: {exc}") from exc
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise RenderError(f"rendering {name} failed on a malformed context value: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_static() -> tuple[Markup, Markup]:
+    try:
+        folder = resources.files(TEMPLATE_PACKAGE)
+        js = folder.joinpath(JS_NAME).read_text(encoding="utf-8")
+        return Markup(_read_css()), Markup(js.replace("</", "<\\/"))
+    except OSError as exc:
+        raise RenderError(f"cannot load the report's stylesheet or script from {TEMPLATE_PACKAGE}: {exc}") from exc
+
+
+def _write(path: Path, text: str, atomic: bool = True) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if atomic:
+            write_text_atomically(path, readable(text))  # undecodable bytes of a name show as \xNN
+        else:
+            path.write_text(readable(text), encoding="utf-8")
+    except OSError as exc:
+        raise RenderError(f"cannot write {path}: {exc}") from exc
+
+
+def _base_values(context: dict) -> dict[str, Any]:
+    values = {"overview": {}, "pdf": {}, **context}
+    values.setdefault("overview", {})
+    if not values["overview"]:
+        from reportgen.overview import overview
+
+        values["overview"] = overview(context.get("images") or [], context.get("skipped") or [])
+    return values
+
+
 def render_html(context: dict, out_dir: Path) -> Path:
-    """Render ``templates/report.html.j2`` with ``context`` into ``out_dir/report.html`` and return that path.
+    """Write the index ``out_dir/report.html`` and one page per image, ``out_dir/images/<id>.html``; return the
+    index's path.
 
     Autoescaping is on and undefined names are errors (``StrictUndefined``): a missing key raises ``RenderError``
-    naming it. ``report.css`` is inlined into a ``<style>`` element; asset paths in the context (``image``,
-    ``thumb``, ``maps_file``) must be relative to ``out_dir`` and are emitted as percent-encoded relative URLs.
-    The file is written atomically, as UTF-8: any lone surrogate left in a value (the undecodable bytes of a file
-    name, e.g. in the config's or data folder's path) is shown as ``\\xNN`` instead of failing the write.
+    naming it. The CSS (and the index's script) are inlined; asset paths in the context (``image``, ``thumb``,
+    ``maps_file``) must be relative to ``out_dir`` and are emitted as percent-encoded relative URLs. The index is
+    written atomically, as UTF-8: any lone surrogate left in a value (the undecodable bytes of a file name) is
+    shown as ``\\xNN`` instead of failing the write. A context without ``overview`` gets one computed from its
+    images (without the map alerts).
     """
     out_dir = Path(out_dir)
-    try:
-        env = _environment()
-        template = env.get_template(TEMPLATE_NAME)
-        css = _read_css()
-    except (OSError, jinja2.TemplateError) as exc:
-        raise RenderError(f"cannot load the report template {TEMPLATE_PACKAGE}/{TEMPLATE_NAME}: {exc}") from exc
-
-    try:
-        html = template.render(**context, inline_css=Markup(css))
-    except RenderError as exc:
-        raise RenderError(f"rendering {TEMPLATE_NAME} failed: {exc}") from exc
-    except jinja2.UndefinedError as exc:
-        raise RenderError(f"rendering {TEMPLATE_NAME} failed: the report context lacks a value: {exc}") from exc
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"rendering {TEMPLATE_NAME} failed: {exc}") from exc
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise RenderError(
-            f"rendering {TEMPLATE_NAME} failed on a malformed context value: {type(exc).__name__}: {exc}"
-        ) from exc
-
+    css, js = _read_static()
+    values = _base_values(context)
+    values.update(inline_css=css, inline_js=js, single=False, triage=_triage_columns(values["images"]),
+                  page_url=lambda i: f"{PAGES_DIR}/{i}.html", index_url=HTML_NAME, details_url="")
+    index = _render(_environment(), TEMPLATE_NAME, values)
+    images = values["images"]
+    pages_env = _environment("../")
+    values.update(page_url=lambda i: f"{i}.html", index_url=f"../{HTML_NAME}", images_total=len(images))
+    template_values = dict(values)
+    for n, image in enumerate(images):
+        lo = max(0, min(n - NEIGHBOURS, len(images) - 2 * NEIGHBOURS - 1))
+        template_values.update(
+            image=image, number=n + 1, prev=images[n - 1] if n else None,
+            next=images[n + 1] if n + 1 < len(images) else None,
+            neighbours=[{"number": k + 1, "image": images[k]} for k in range(lo, min(len(images), lo + 2 * NEIGHBOURS + 1))])
+        page = _render(pages_env, IMAGE_TEMPLATE, template_values)
+        _write(out_dir / PAGES_DIR / f"{image['id']}.html", page, atomic=False)  # a new folder, published whole
     html_path = out_dir / HTML_NAME
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(html_path, readable(html))  # a path or name with undecodable bytes shows them as \xNN
-    except OSError as exc:
-        raise RenderError(f"cannot write {html_path}: {exc}") from exc
+    _write(html_path, index)
     return html_path
+
+
+def render_print_html(context: dict, out_dir: Path) -> Path:
+    """Write the HTML ``report.pdf`` is printed from (``out_dir/.report-print.html``; the caller removes it).
+
+    ``context["pdf"]``: ``mode`` ``full`` prints every image as an appendix; otherwise (``summary``) the images
+    listed in ``pdf["images"]`` (``{id, reason}``), in the report's order.
+    """
+    out_dir = Path(out_dir)
+    css, _ = _read_static()
+    values = _base_values(context)
+    pdf = values.get("pdf") or {}
+    images = values["images"]
+    if pdf.get("mode") == "full":
+        chosen = {e["id"]: "" for e in images}
+    else:
+        chosen = {str(item["id"]): str(item.get("reason") or "") for item in pdf.get("images") or []}
+    print_images = [{"image": e, "number": n + 1, "reason": chosen[e["id"]]} for n, e in enumerate(images)
+                    if e["id"] in chosen]
+    in_pdf = {item["image"]["id"] for item in print_images}
+    values.update(inline_css=css, single=False, print_images=print_images, details_url="",
+                  page_url=lambda i: f"#{i}" if i in in_pdf else f"{PAGES_DIR}/{i}.html", index_url=HTML_NAME,
+                  pdf_lists=list(pdf.get("lists") or ()), pdf_max=pdf.get("max_images", len(print_images)),
+                  pdf_left_out=list(pdf.get("left_out") or ()), pdf_mode=pdf.get("mode") or "summary")
+    path = out_dir / PRINT_NAME
+    _write(path, _render(_environment(), PRINT_TEMPLATE, values))
+    return path
+
+
+_EMBED_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".svg": "image/svg+xml",
+                ".gif": "image/gif", ".webp": "image/webp"}
+_ZOOM_HREF = re.compile(r'(<a class="zoom") href="[^"]*"')
+_SRC = re.compile(r'\bsrc="([^"#:]+)"')
+_FILE_HREF = re.compile(r'(<a\b[^>]*?) href="(?!#)[^"]*"')
+
+
+def _asset_file(root: Path, url: str) -> Path | None:
+    rel = PurePosixPath(unquote(url))
+    if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() not in _EMBED_TYPES:
+        return None
+    path = root / rel
+    return path if path.is_file() else None
+
+
+def render_standalone(context: dict, out_dir: Path, budget_mb: float = 50.0) -> Path:
+    """Write ``out_dir/report-standalone.html``: the whole report in one page (overview, table, every image's
+    section), every figure embedded as a ``data:`` URL, links in-page only (the figures' zoom links and the raw
+    maps' links are dropped: a reviewer gets one file). Logs its size estimate first; warns above ``budget_mb``."""
+    out_dir = Path(out_dir)
+    css, js = _read_static()
+    values = _base_values(context)
+    values.update(inline_css=css, inline_js=js, single=True, triage=_triage_columns(values["images"]),
+                  page_url=lambda i: f"#{i}", index_url="", details_url="")
+    html = _render(_environment(), TEMPLATE_NAME, values)
+    html = _FILE_HREF.sub(r"\1", _ZOOM_HREF.sub(r"\1", html))
+    files = {url: _asset_file(out_dir, url) for url in set(_SRC.findall(html))}
+    size = len(html.encode("utf-8")) + sum(4 * math.ceil(p.stat().st_size / 3) + 30 for p in files.values() if p)
+    mb = size / 1e6
+    log.info("report-standalone.html: about %.1f MB (%d figures embedded)", mb, sum(1 for p in files.values() if p))
+    if mb > budget_mb:
+        log.warning("report-standalone.html will be about %.1f MB, above report.self_contained_budget_mb = %g MB",
+                    mb, budget_mb)
+    encoded: dict[str, str] = {}
+
+    def embed(match: re.Match) -> str:
+        url = match.group(1)
+        path = files.get(url)
+        if path is None:
+            return match.group(0)
+        if url not in encoded:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            encoded[url] = f"data:{_EMBED_TYPES[path.suffix.lower()]};base64,{data}"
+        return f'src="{encoded[url]}"'
+
+    try:
+        html = _SRC.sub(embed, html)
+    except OSError as exc:
+        raise RenderError(f"cannot embed a figure into {STANDALONE_NAME}: {exc}") from exc
+    path = out_dir / STANDALONE_NAME
+    _write(path, html)
+    return path
 
 
 def _tail(text: str | bytes | None, lines: int = STDERR_TAIL_LINES) -> str:

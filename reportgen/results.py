@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 # A cached result: named arrays and string metadata (what a safetensors file holds).
 Entry = tuple["dict[str, np.ndarray]", "dict[str, str]"]
 
-_KINDS = ("predictions", "feature_maps", "cam")
+_KINDS = ("predictions", "feature_maps", "cam", "metric")
 
 
 @dataclass(frozen=True, order=True)
@@ -35,8 +35,9 @@ class ResultKey:
     """One result of one image.
 
     Attributes:
-        kind: ``predictions`` (the logits), ``feature_maps`` (top-k channels of a layer) or ``cam`` (a map of a
-            method at a layer, or at the input when ``layer`` is empty).
+        kind: ``predictions`` (the logits), ``feature_maps`` (top-k channels of a layer), ``cam`` (a map of a
+            method at a layer, or at the input when ``layer`` is empty) or ``metric`` (the trust scores of that
+            map, ``reportgen.trust``).
         method: the registered method name (``cam`` only).
         layer: the layer's qualified name; empty for predictions and input-level maps.
         target: which class a ``cam`` explains: ``predicted``, ``true``, ``topk:K`` or ``class:I``.
@@ -58,6 +59,8 @@ class ResultKey:
             return "logits"
         if self.kind == "feature_maps":
             return f"feature_maps/{self.layer}"
+        if self.kind == "metric":
+            return f"metric/{self.method}/{self.layer}" if self.layer else f"metric/{self.method}"
         return f"cam/{self.method}/{self.layer}" if self.layer else f"cam/{self.method}"
 
     @staticmethod
@@ -103,6 +106,7 @@ class RunStats:
     forward_passes: int = 0
     backward_passes: int = 0
     map_passes: int = 0  # method calls that run passes of their own (perturbations, input gradients)
+    metric_images: int = 0  # images pushed through the model by the trust metrics (perturbed copies)
     oom_splits: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
@@ -114,6 +118,7 @@ class RunStats:
     seconds: dict[str, float] = field(default_factory=lambda: {"compute": 0.0, "draw": 0.0, "draw_wait": 0.0,
                                                                "html": 0.0, "pdf": 0.0})
     draw_workers: int = 0
+    processes: int = 1  # processes of the run: more under torchrun (reportgen/distributed.py)
     duration_s: float = 0.0
 
 
@@ -126,3 +131,9 @@ class RunResult:
     pdf: Path | None
     manifest: Path
     stats: RunStats
+    checks: tuple[dict, ...] = ()  # the gate conditions of ``checks:``: {condition, value, failed, detail}
+    comparison: Path | None = None  # the comparison with ``compare_to`` (its folder), when there was one
+
+    @property
+    def failed_checks(self) -> list[dict]:
+        return [c for c in self.checks if c["failed"]]

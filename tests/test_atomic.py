@@ -32,7 +32,7 @@ def _folder(path: Path, text: str) -> Path:
 
 def test_temp_file_is_named_for_its_writer_and_empty(tmp_path):
     tmp = atomic.temp_file(tmp_path, ".bin")
-    assert tmp.parent == tmp_path and tmp.name.startswith(f".tmp-{os.getpid()}-") and tmp.name.endswith(".bin")
+    assert tmp.parent == tmp_path and tmp.name.startswith(f".tmp-{atomic.writer_tag()}-") and tmp.name.endswith(".bin")
     assert tmp.read_bytes() == b""
     assert not atomic.is_stale(tmp.name)  # this process is alive
 
@@ -63,13 +63,13 @@ def test_replace_atomically_writes_whole_file_or_leaves_the_old_one(tmp_path):
 def test_is_stale_only_for_temporaries_of_dead_writers():
     dead, me = _dead_pid(), os.getpid()
     for prefix in ("tmp", "partial", "old"):
-        assert atomic.is_stale(f".{prefix}-{dead}-x")
-        assert not atomic.is_stale(f".{prefix}-{me}-x")
+        assert atomic.is_stale(f".{prefix}-{atomic.writer_tag(dead)}-x")
+        assert not atomic.is_stale(f".{prefix}-{atomic.writer_tag(me)}-x")
     assert not atomic.is_stale(f".cache-{dead}-x") and not atomic.is_stale(f"tmp-{dead}-x")
     assert not atomic.is_stale(f".tmp-{dead}")  # no "-" after the id: not one of ours
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert not atomic.is_stale(f".tmp-{live.pid}-x")
+        assert not atomic.is_stale(f".tmp-{atomic.writer_tag(live.pid)}-x")
         with pytest.raises(subprocess.TimeoutExpired):  # asked with signal 0, not signalled
             live.wait(timeout=0.5)
     finally:
@@ -82,11 +82,11 @@ def test_a_process_we_may_not_signal_counts_as_alive(monkeypatch):
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "kill", refuse)
-    assert not atomic.is_stale(".tmp-12345-x")
+    assert not atomic.is_stale(f".tmp-{atomic.writer_tag(12345)}-x")
 
 
 def test_sweep_removes_only_dead_writers_leftovers_with_the_suffix(tmp_path):
-    dead, me = _dead_pid(), os.getpid()
+    dead, me = atomic.writer_tag(_dead_pid()), atomic.writer_tag()
     (tmp_path / f".tmp-{dead}-a.safetensors").write_text("x")
     (tmp_path / f".tmp-{dead}-b.json").write_text("x")
     (tmp_path / f".tmp-{me}-c.safetensors").write_text("x")
@@ -198,21 +198,21 @@ def test_two_rename_fallback_keeps_the_old_report_aside_until_the_new_one_is_in_
 
     monkeypatch.setattr(atomic.failpoints, "reached", publish)
     atomic.swap_into_place(_folder(tmp_path / "new", "new"), target)
-    assert seen == [("publish", False, sorted([f".old-{os.getpid()}-out", "new"]))]
+    assert seen == [("publish", False, sorted([f".old-{atomic.writer_tag()}-out", "new"]))]
     assert (target / "report.html").read_text(encoding="utf-8") == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_restore_old_puts_back_only_a_dead_runs_report(tmp_path):
     target = tmp_path / "out"
-    _folder(tmp_path / f".old-{os.getpid()}-out", "live")
+    _folder(tmp_path / f".old-{atomic.writer_tag()}-out", "live")
     assert not atomic.restore_old(target)  # a run still going owns it
-    dead = _folder(tmp_path / f".old-{_dead_pid()}-out", "previous")
-    _folder(tmp_path / f".old-{_dead_pid()}-other", "not this target")
+    dead = _folder(tmp_path / f".old-{atomic.writer_tag(_dead_pid())}-out", "previous")
+    _folder(tmp_path / f".old-{atomic.writer_tag(_dead_pid())}-other", "not this target")
     assert atomic.restore_old(target)
     assert (target / "report.html").read_text(encoding="utf-8") == "previous" and not dead.exists()
     assert not atomic.restore_old(target)  # present: nothing to do
-    assert (tmp_path / f".old-{os.getpid()}-out").exists()
+    assert (tmp_path / f".old-{atomic.writer_tag()}-out").exists()
 
 
 @pytest.mark.parametrize(("code", "words"), [

@@ -97,7 +97,7 @@ def test_target_forms(tmp_path):
     assert (cfg.cams.target, cfg.cams.top_k) == ("topk", 3)
     path = _write(tmp_path, GOOD + "  target: predictd\n")
     assert _problems(path) == [
-        f"{path}:18: cams.target: expected predicted, true, topk or a class index, got 'predictd'; did you mean 'predicted'?"
+        f"{path}:18: cams.target: expected predicted, true, predicted_and_true, topk or a class index, got 'predictd'; did you mean 'predicted'?"
     ]
 
 

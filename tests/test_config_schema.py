@@ -30,7 +30,7 @@ cams:
 # the dataclass each section becomes, and its fields that no key sets directly (derived by a cross-key rule)
 DATACLASSES = {
     "": (config.RunConfig, {"path", "model", "data", "run", "kernels", "feature_maps", "cams", "filters", "report",
-                            "lines"}),
+                            "metrics", "figures", "lines"}),
     "model": (config.ModelConfig, {"preprocess"}),
     "model.preprocess": (config.PreprocessConfig, set()),
     "data": (config.DataConfig, set()),
@@ -40,6 +40,9 @@ DATACLASSES = {
     "cams": (config.CamsConfig, {"class_index", "params"}),
     "filters": (config.FiltersConfig, set()),
     "report": (config.ReportOptions, set()),
+    "metrics": (config.MetricsConfig, set()),
+    "figures": (config.FiguresConfig, {"grid"}),
+    "figures.grid": (config.FiguresGridConfig, set()),
 }
 
 
@@ -99,7 +102,8 @@ def test_every_bound_and_choice_in_the_table_is_enforced(tmp_path):
             path = _write(tmp_path, yaml.safe_dump(data))
             with pytest.raises(ConfigError) as info:
                 load_config(path)
-            assert any(p.startswith(f"{path}:") and f": {dotted}: expected" in p for p in info.value.problems), (
+            said = f": {dotted}[0]: unknown name" if f.form == "names" else f": {dotted}: expected"  # a list's item
+            assert any(p.startswith(f"{path}:") and said in p for p in info.value.problems), (
                 dotted, value, info.value.problems)
             checked += 1
     assert checked >= 30

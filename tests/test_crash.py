@@ -30,7 +30,9 @@ from reportgen.cache import TensorCache
 N_IMAGES = 6
 ENTRIES = 2 + N_IMAGES * 12  # 2 kernel galleries; per image: predictions, 1 feature-map layer, 5 CAMs x 2 layers
 # lines of the HTML that differ between any two runs: the time, and how much work the run found cached
-_RUN_FACTS = re.compile(r"dcterms\.created|Generated <time|<dt>(Device|Duration|Batches|Cache|Passes)</dt>")
+# the run's own facts: time, device, work done, and the reproducibility panel's config (its file) and cache rows
+_RUN_FACTS = re.compile(r"dcterms\.created|Generated <time|<dt>(Device|Duration|Batches|Cache|Passes)</dt>"
+                        r"|<tr><th>(config|cache|device)</th>")
 
 
 @pytest.fixture

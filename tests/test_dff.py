@@ -184,7 +184,8 @@ def test_a_run_draws_one_concept_overlay_per_image_with_its_legend(tmp_path):
     out = tmp_path / "out"
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     parser = _Legends()
-    parser.feed((out / "report.html").read_text(encoding="utf-8"))
+    for page in sorted((out / "images").glob("*.html")):  # one page per image; its figures at ../assets/
+        parser.feed(page.read_text(encoding="utf-8").replace('src="../', 'src="'))
     assert len(parser.legends) == 5  # one per image
     assert all(re.fullmatch(r"1: .+ \d\.\d\d · 2: .+ · 3: .+", text) for text in parser.legends), parser.legends
     for entry in manifest["images"]:

@@ -150,9 +150,14 @@ def test_every_file_of_the_folder_is_documented_and_every_documented_file_is_the
     on_input = [m for m in cfg.cams.methods if not get_method(m).needs_layer]
     choices = {"<id>": ids, "<i>": [str(i) for i in range(TOP_K)]}
     expected = set()
+    for cm in manifest["audit"]["class_maps"]:  # assets/audit/class-<by>-<method>-<layer>-<class>.png
+        expected |= {c["image"] for c in cm["classes"]}
     for row in _table(["path", "what"]):
         pattern = row["path"]
-        if pattern == "report.pdf" and not cfg.report.pdf:
+        if pattern.startswith("assets/audit/"):
+            continue
+        if (pattern == "report.pdf" and not cfg.report.pdf
+                or pattern == "report-standalone.html" and not cfg.report.self_contained):
             continue
         if pattern.startswith("assets/kernels/"):
             layers = cfg.kernels.layers
@@ -177,7 +182,7 @@ def test_every_file_of_the_folder_is_documented_and_every_documented_file_is_the
 def test_marker_is_as_documented(real_run):
     marker = json.loads((real_run.run.output / ".reportgen-run.json").read_text(encoding="utf-8"))
     assert set(marker) == {"tool", "version", "entries"} and marker["tool"] == "reportgen"
-    assert marker["entries"] == ["assets", "manifest.json", "maps", "report.html"]  # sorted; no PDF in this run
+    assert marker["entries"] == ["assets", "audit", "images", "manifest.json", "maps", "report.html"]  # no PDF here
 
 
 def test_image_ids_follow_the_documented_rule(tmp_path):

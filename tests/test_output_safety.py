@@ -4,6 +4,7 @@ overlaps the images, the config, the cache, the home folder or ``/`` is refused 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,9 @@ def test_a_report_of_an_earlier_version_without_the_marker_is_still_replaced(tmp
     config = write_config(tmp_path, image_dir)
     out = tmp_path / "out"
     assert main(["run", str(config), "--quiet"]) == 0
-    (out / MARKER).unlink()
+    (out / MARKER).unlink()  # what 0.1.0 wrote: no marker, and none of the folders added since (audit/, images/)
+    for later in ("audit", "images"):
+        shutil.rmtree(out / later)
     assert main(["run", str(config), "--quiet", "--force"]) == 0
     assert (out / MARKER).is_file()
 

@@ -48,11 +48,14 @@ def test_first_run_computes_everything_and_writes_every_output(tmp_path, image_d
     assert (s.cache_hits, s.cache_misses, s.cache_writes) == (0, ENTRIES, ENTRIES)
     assert s.batches == 2 and s.forward_passes == 2 and s.backward_passes == 2  # one of each per batch
     out = cfg.run.output
-    srcs = _img_srcs(out / "report.html")
-    # 2 kernel galleries; per image: thumbnail (report + table), 1 feature panel, 10 CAM panels
-    assert len(srcs) == 2 + N_IMAGES * (2 + 1 + 10)
+    srcs = _img_srcs(out / "report.html") + [f"images/{src}" for page in sorted((out / "images").glob("*.html"))
+                                              for src in _img_srcs(page)]
     assert all((out / s).is_file() for s in srcs)
     manifest = json.loads((out / "manifest.json").read_text())
+    class_maps = {c["image"] for cm in manifest["audit"]["class_maps"] for c in cm["classes"]}
+    assert {s for s in srcs if s.startswith("assets/audit/")} == class_maps and class_maps
+    # 2 kernel galleries; per image: thumbnail (index table + its page), 1 feature panel, 10 CAM panels
+    assert len(srcs) - len(class_maps) == 2 + N_IMAGES * (2 + 1 + 10)
     assert manifest["run"]["images_ok"] == N_IMAGES
     first = manifest["images"][0]
     maps = load_file(str(out / first["maps_file"]))
@@ -192,9 +195,15 @@ def test_true_label_and_topk_targets(tmp_path, image_dir):
     cfg = load_config(write_config(tmp_path, image_dir, cams={"methods": ["gradcam"], "layers": ["features.5"],
                                                               "target": "topk", "top_k": 3}))
     manifest = json.loads(run(cfg).manifest.read_text())
-    groups = manifest["images"][0]["cams"]
-    assert [g["target_kind"] for g in groups] == ["top-1", "top-2", "top-3"]
-    assert [g["target_index"] for g in groups] == [p["class_index"] for p in manifest["images"][0]["predictions"][:3]]
+    image = manifest["images"][0]
+    groups = image["cams"]
+    top3 = [p["class_index"] for p in image["predictions"][:3]]
+    label = int(image["label"].split("_")[0])
+    # the top 3 classes; a misclassified image's label class (when among them) is placed right after the top-1
+    order = [0, *([top3.index(label)] if label in top3[1:] and not image["correct"] else []),
+             *(i for i in (1, 2) if not (label in top3[1:] and not image["correct"] and i == top3.index(label)))]
+    assert [g["target_kind"].split(",")[0] for g in groups] == [f"top-{i + 1}" for i in order]
+    assert [g["target_index"] for g in groups] == [top3[i] for i in order]
     cfg = load_config(write_config(tmp_path, image_dir, cams={"methods": ["gradcam"], "layers": ["features.5"],
                                                               "target": "true"}))
     manifest = json.loads(run(cfg, force=True).manifest.read_text())

@@ -1,8 +1,10 @@
-"""Tests for reportgen.report: HTML rendering (escaping, relative lazy images, anchors, strictness) and PDF printing."""
+"""Tests for reportgen.report: the index and per-image pages (escaping, relative lazy images, links, strictness),
+the standalone file, and the PDF printed from its print HTML (summary and full)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sys
 from html.parser import HTMLParser
@@ -13,7 +15,7 @@ import pytest
 from PIL import Image
 
 from reportgen.errors import RenderError
-from reportgen.report import render_html, render_pdf
+from reportgen.report import render_html, render_pdf, render_print_html, render_standalone
 
 MALICIOUS_PATH = "<script>alert(1)</script>.png"
 
@@ -238,76 +240,148 @@ class _Collector(HTMLParser):
         self.text.append(data)
 
 
+def _parse(path: Path) -> _Collector:
+    parser = _Collector()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("report")
     context = build_context(out_dir, n_images=4)
+    for im in context["images"]:  # the raw maps' files, linked from each image's page
+        (out_dir / im["maps_file"]).parent.mkdir(exist_ok=True)
+        (out_dir / im["maps_file"]).write_bytes(b"")
     html_path = render_html(context, out_dir)
-    parser = _Collector()
-    parser.feed(html_path.read_text(encoding="utf-8"))
-    return out_dir, context, html_path, parser
+    return out_dir, context, html_path, _parse(html_path)
 
 
-def test_render_html_writes_report(rendered):
-    out_dir, _, html_path, _ = rendered
+def test_render_html_writes_the_index_and_one_page_per_image(rendered):
+    out_dir, context, html_path, _ = rendered
     assert html_path == out_dir / "report.html"
     assert html_path.is_file()
-    assert not [p for p in out_dir.iterdir() if p.name.endswith(".tmp")], "temp file left behind"
-    text = html_path.read_text(encoding="utf-8")
-    assert text.lstrip().lower().startswith("<!doctype html>")
-    assert "<style>" in text and "@page" in text, "report.css must be inlined"
-    assert "<link" not in text.lower()
+    assert not [p for p in out_dir.rglob("*") if p.name.endswith(".tmp")], "temp file left behind"
+    pages = sorted(p.name for p in (out_dir / "images").iterdir())
+    assert pages == sorted(f"{im['id']}.html" for im in context["images"])
+    for page in [html_path, *(out_dir / "images").iterdir()]:
+        text = page.read_text(encoding="utf-8")
+        assert text.lstrip().lower().startswith("<!doctype html>")
+        assert "<style>" in text and "@page" in text, "report.css must be inlined"
+        assert "<link" not in text.lower()
+
+
+def _pages(out_dir: Path) -> list[Path]:
+    return [out_dir / "report.html", *sorted((out_dir / "images").glob("*.html"))]
 
 
 def test_images_are_lazy_relative_and_exist(rendered):
     out_dir, context, _, parser = rendered
-    expected = 2 + sum(
-        2 + len(im["feature_maps"]) + sum(len(g["panels"]) for g in im["cams"]) for im in context["images"]
-    )
-    assert len(parser.imgs) == expected
-    for attrs in parser.imgs:
-        assert attrs.get("loading") == "lazy", attrs
-        assert attrs.get("alt"), attrs
-        assert int(attrs["width"]) > 0 and int(attrs["height"]) > 0, attrs
-        src = attrs["src"] or ""
-        assert not src.startswith("data:"), src
-        parts = urlsplit(src)
-        assert not parts.scheme and not parts.netloc and not src.startswith("/"), src
-        assert (out_dir / unquote(parts.path)).is_file(), src
+    # the index: the kernel galleries and one thumbnail per image, no per-image figure
+    assert len(parser.imgs) == len(context["kernels"]) + len(context["images"])
+    by_page = {p.stem: _parse(p) for p in (out_dir / "images").glob("*.html")}
+    for im in context["images"]:
+        expected = 1 + len(im["feature_maps"]) + sum(len(g["panels"]) for g in im["cams"])
+        assert len(by_page[im["id"]].imgs) == expected, im["id"]
+    for page in _pages(out_dir):
+        for attrs in _parse(page).imgs:
+            assert attrs.get("loading") == "lazy", attrs
+            assert attrs.get("alt"), attrs
+            assert int(attrs["width"]) > 0 and int(attrs["height"]) > 0, attrs
+            src = attrs["src"] or ""
+            assert not src.startswith("data:"), src
+            parts = urlsplit(src)
+            assert not parts.scheme and not parts.netloc and not src.startswith("/"), src
+            assert (page.parent / unquote(parts.path)).is_file(), (page, src)
 
 
-def test_no_network_urls(rendered):
-    _, _, html_path, parser = rendered
-    for tag, name, url in parser.urls:
-        assert not url.lower().startswith(("http:", "https:", "//", "data:")), (tag, name, url)
-    text = html_path.read_text(encoding="utf-8")
-    assert "http://" not in text and "https://" not in text
-    assert "@import" not in text and "url(" not in text
+def test_every_link_of_every_page_resolves(rendered):
+    """Every href/src of the index and the image pages names an existing file (relative to the page), and every
+    #fragment an id of its target page."""
+    out_dir = rendered[0]
+    ids = {p.resolve(): _parse(p).ids for p in _pages(out_dir)}
+    checked = 0
+    for page in _pages(out_dir):
+        for tag, _, url in _parse(page).urls:
+            parts = urlsplit(url)
+            assert not parts.scheme and not parts.netloc, (page, url)
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page.resolve()
+            assert target.is_file(), (page.name, tag, url)
+            if parts.fragment:
+                assert parts.fragment in ids[target], (page.name, url)
+            checked += 1
+    assert checked > 50
+
+
+def test_image_pages_have_prev_next_and_a_short_sidebar(tmp_path):
+    context = build_context(tmp_path, n_images=30)
+    render_html(context, tmp_path)
+    ids = [im["id"] for im in context["images"]]
+    middle = _parse(tmp_path / "images" / f"{ids[15]}.html")
+    hrefs = [url for tag, name, url in middle.urls if tag == "a" and name == "href"]
+    assert f"{ids[14]}.html" in hrefs and f"{ids[16]}.html" in hrefs and "../report.html#predictions" in hrefs
+    sidebar = [h for h in hrefs if h.endswith(".html") and not h.startswith("..")]
+    assert len(set(sidebar)) == 13  # itself and 6 on each side, not all 30
+    first = _parse(tmp_path / "images" / f"{ids[0]}.html")
+    assert f"{ids[1]}.html" in [u for _, _, u in first.urls] and "Image 1 of 30" in " ".join(" ".join(first.text).split())
 
 
 def test_sections_and_anchors(rendered):
-    _, context, _, parser = rendered
-    for section in ("overview", "kernels", "images", "predictions", "skipped"):
+    out_dir, context, _, parser = rendered
+    for section in ("overview", "kernels", "predictions", "skipped", "alerts", "glance"):
         assert section in parser.ids
     hrefs = {url for tag, name, url in parser.urls if tag == "a" and name == "href"}
     for image in context["images"]:
-        assert image["id"] in parser.ids
-        assert f"#{image['id']}" in hrefs
-        assert image["maps_file"] in hrefs
+        assert f"images/{image['id']}.html" in hrefs
+        page = _parse(out_dir / "images" / f"{image['id']}.html")
+        assert image["id"] in page.ids
+        assert f"../{image['maps_file']}" in {u for _, _, u in page.urls}
     text = " ".join(parser.text)
-    assert "layer bn2 · target" in " ".join(text.split())
     assert "Grad-CAM++" in text and "Selvaraju et al., ICCV 2017" in text
     assert "cannot identify image file" in text
+    page_text = " ".join(_parse(out_dir / "images" / f"{context['images'][0]['id']}.html").text)
+    assert "layer bn2 · target" in " ".join(page_text.split())
 
 
 def test_values_are_escaped(rendered):
-    _, _, html_path, parser = rendered
+    out_dir, _, html_path, parser = rendered
+    for page in _pages(out_dir):
+        raw = page.read_text(encoding="utf-8")
+        assert "<script>alert(1)</script>" not in raw
     raw = html_path.read_text(encoding="utf-8")
-    assert "<script>alert(1)</script>" not in raw
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in raw
     assert "coffee &amp; cream.png" in raw
-    assert parser.scripts == 0
+    assert parser.scripts == 1  # the triage table's own, inlined
     assert MALICIOUS_PATH in "".join(parser.text)
+
+
+def test_the_index_table_is_complete_without_javascript(rendered):
+    """Every image is a row of the table in the HTML itself (the script only sorts and filters), and the
+    "misclassified" filter's rows are exactly the images whose top-1 differs from the label."""
+    _, context, html_path, _ = rendered
+    raw = html_path.read_text(encoding="utf-8")
+    table = raw[raw.index('<table class="preds" id="triage">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr data-outcome=") == len(context["images"])
+    wrong = [im for im in context["images"] if im["correct"] is False]
+    assert table.count('data-outcome="wrong"') == len(wrong) > 0
+    assert 'id="triage-controls" hidden' in raw  # shown by the script only
+
+
+def test_group_and_metric_columns_appear_only_when_the_entries_carry_them(tmp_path):
+    context = build_context(tmp_path, n_images=3)
+    plain = render_html(context, tmp_path).read_text(encoding="utf-8")
+    for n, im in enumerate(context["images"]):
+        im["groups"] = {"site": ["north", "south"][n % 2]}
+        im["metrics"] = {"deletion": 0.25 + n}
+    raw = render_html(context, tmp_path).read_text(encoding="utf-8")
+    start = raw.index('<table class="preds" id="triage">')
+    head = raw[start:raw.index("</thead>", start)]
+    assert ">site</th>" in head and ">deletion</th>" in head
+    start = plain.index('<table class="preds" id="triage">')
+    assert "site" not in plain[start:plain.index("</thead>", start)] and "deletion" not in plain
+    assert raw.count('data-g1="north"') == 2 and raw.count('data-g1="south"') == 1
+    assert '<option value="north">north</option>' in raw and 'data-v="2.25">2.25</td>' in raw
 
 
 def test_missing_key_raises_render_error(tmp_path):
@@ -336,30 +410,55 @@ def test_empty_lists_render(tmp_path):
     assert "none" in html_path.read_text(encoding="utf-8")
 
 
-def test_render_pdf(rendered, tmp_path):
+def test_failed_checks_come_first_in_red_and_nothing_without_them(tmp_path):
+    context = build_context(tmp_path, n_images=2)
+    context["checks"] = [{"condition": "accuracy < 0.9", "value": 0.5, "failed": True, "detail": "0.5 < 0.9"},
+                         {"condition": "flips > 10", "value": 2, "failed": False, "detail": ""}]
+    raw = render_html(context, tmp_path).read_text(encoding="utf-8")
+    main = raw[raw.index("<main>"):]
+    assert main.index('id="verdict"') < main.index('id="overview"')
+    assert "accuracy &lt; 0.9" in main and "flips &gt; 10" not in main and "1 check failed" in main
+    for checks in ([], None):
+        if checks is None:
+            context.pop("checks")
+        else:
+            context["checks"] = checks
+        assert 'id="verdict"' not in render_html(context, tmp_path).read_text(encoding="utf-8")
+
+
+def _print(context: dict, out_dir: Path, mode: str, chosen: list[str] = ()) -> Path:
+    context = {**context, "pdf": {"mode": mode, "images": [{"id": i, "reason": "sample"} for i in chosen],
+                                  "lists": ["sample"], "max_images": 25, "left_out": []}}
+    return render_print_html(context, out_dir)
+
+
+def _titles(items):
+    for item in items:
+        if isinstance(item, list):
+            yield from _titles(item)
+        else:
+            yield item.title
+
+
+@pytest.fixture(scope="module")
+def printed_full(rendered, tmp_path_factory):
+    out_dir, context, _, _ = rendered
+    html = _print(context, out_dir, "full").replace(out_dir / "print-full.html")  # the summary's uses the name
+    pdf_path = tmp_path_factory.mktemp("pdf") / "sub" / "report.pdf"
+    render_pdf(html, pdf_path, timeout=300)
+    return context, html, pdf_path
+
+
+def test_render_pdf(printed_full):
     pypdf = pytest.importorskip("pypdf")
-    _, context, html_path, _ = rendered
-    pdf_path = tmp_path / "sub" / "report.pdf"
-    assert render_pdf(html_path, pdf_path, timeout=300) == pdf_path
+    context, html_path, pdf_path = printed_full
     assert pdf_path.read_bytes()[:5] == b"%PDF-"
     assert not [p for p in pdf_path.parent.iterdir() if p.name != "report.pdf"], "temp file left behind"
     reader = pypdf.PdfReader(str(pdf_path))
     assert len(reader.pages) >= 3
-    # overview (1+) + kernel gallery + one page per image
-    assert len(reader.pages) >= 2 + len(context["images"])
-    outline = reader.outline
-    assert outline, "PDF has no bookmarks"
-
-    def titles(items):
-        for item in items:
-            if isinstance(item, list):
-                yield from titles(item)
-            else:
-                yield item.title
-
-    names = list(titles(outline))
-    assert "Overview" in names and "Kernel gallery" in names
-    assert any("chelsea.png" in n for n in names)
+    names = list(_titles(reader.outline))
+    assert "Overview" in names and "Kernel gallery" in names and "Appendix: every image" in names
+    assert all(any(im["path"] in n for n in names) for im in context["images"])  # every image, bookmarked
     assert reader.metadata.title == context["title"]
     uris = [
         annot.get_object()["/A"].get_object().get("/URI")
@@ -375,14 +474,25 @@ def test_render_pdf(rendered, tmp_path):
         assert re.search(rf"\bpage {number} of {total}\b", page.extract_text()), f"page {number}: no page number"
 
 
-def test_no_figure_is_split_across_pdf_pages(rendered):
+def test_summary_pdf_shows_only_the_chosen_images(rendered, tmp_path):
+    pypdf = pytest.importorskip("pypdf")
+    out_dir, context, _, _ = rendered
+    chosen = context["images"][2]
+    pdf_path = render_pdf(_print(context, out_dir, "summary", [chosen["id"]]), tmp_path / "summary.pdf", timeout=300)
+    names = list(_titles(pypdf.PdfReader(str(pdf_path)).outline))
+    shown = [im["path"] for im in context["images"] if any(im["path"] in n for n in names)]
+    assert shown == [chosen["path"]]
+    assert "Images in this summary" in names
+
+
+def test_no_figure_is_split_across_pdf_pages(printed_full):
     """Every <figure> (kernel gallery, thumbnail, panels, CAM groups) lies on one page of the printed report.
 
     Reads WeasyPrint's layout (``page._page_box``, internal API): a figure split by a page break has boxes on two
     pages. Without the print CSS's ``break-inside: avoid`` one figure of this report is split.
     """
     weasyprint = pytest.importorskip("weasyprint")
-    _, _, html_path, _ = rendered
+    _, html_path, _ = printed_full
     document = weasyprint.HTML(filename=str(html_path), base_url=html_path.parent.as_uri() + "/",
                                media_type="print").render()
     pages_of: dict[int, set[int]] = {}
@@ -399,6 +509,26 @@ def test_no_figure_is_split_across_pdf_pages(rendered):
     assert len(document.pages) >= 3 and len(pages_of) >= 20  # enough figures that some meet a page break
     split = [sorted(pages) for pages in pages_of.values() if len(pages) > 1]
     assert not split, f"{len(split)} figure(s) split across pages: {split}"
+
+
+def test_standalone_is_one_file_with_every_figure_embedded(rendered, tmp_path, caplog):
+    import logging
+
+    out_dir, context, _, _ = rendered
+    with caplog.at_level(logging.INFO, logger="reportgen.report"):
+        path = render_standalone(context, out_dir, budget_mb=0.001)
+    assert path.name == "report-standalone.html"
+    assert any("about" in r.message and "MB" in r.message for r in caplog.records if r.levelno == logging.INFO)
+    assert any("above report.self_contained_budget_mb" in r.message for r in caplog.records
+               if r.levelno == logging.WARNING)
+    page = _parse(path)
+    path.unlink()
+    assert page.imgs and all((a["src"] or "").startswith("data:image/") for a in page.imgs)
+    for tag, name, url in page.urls:
+        if tag != "img":
+            assert url.startswith("#") and url[1:] in page.ids, (tag, name, url)
+    for im in context["images"]:
+        assert im["id"] in page.ids
 
 
 def test_render_pdf_missing_html(tmp_path):
@@ -477,3 +607,123 @@ def test_render_pdf_timeout(tmp_path, monkeypatch):
         render_pdf(html_path, tmp_path / "out.pdf", timeout=0.5)
     assert not (tmp_path / "out.pdf").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real run of the tiny CNN: the overview against a hand count, the summary PDF, links, paths of this machine.
+# ---------------------------------------------------------------------------------------------------------------
+
+LABELS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]  # the tiny CNN's 10 classes, named like the folders
+
+
+def _real_config(tmp: Path, **report):
+    from conftest import make_images, write_config
+
+    from reportgen.config import load_config
+
+    data = tmp / "photos"
+    make_images(tmp / "raw", 8)
+    for n, path in enumerate(sorted((tmp / "raw").rglob("*.png"))):  # folders a, b and c: labels the model knows
+        target = data / LABELS[n % 3] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+    (data / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    cfg = write_config(tmp, data, model={"source": "factory", "name": "tinynets:tiny_cnn",
+                                         "labels": str(tmp / "labels.txt"), "preprocess": {"size": 32}},
+                       cams={"methods": ["gradcam", "xgradcam", "layercam"], "layers": ["features.5"]},
+                       kernels={"layers": ["features.0"], "max_kernels": 8},
+                       report={"image_size": 64, "pdf": "summary", "pdf_images": ["misclassified", "sample"],
+                               "pdf_max_images": 3, "self_contained": True, **report})
+    return load_config(cfg), data
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    from reportgen.runner import run
+
+    cfg, data = _real_config(tmp_path_factory.mktemp("real"))
+    run(cfg)
+    out = cfg.run.output
+    return out, data, json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_overview_of_a_run_matches_a_hand_count(real_run):
+    _, _, manifest = real_run
+    images = manifest["images"]
+    right = [e for e in images if e["predictions"][0]["class_name"] == e["label"]]
+    ov = manifest["overview"]
+    assert (ov["judged"], ov["correct"], ov["mistakes"]) == (8, len(right), 8 - len(right))
+    for row in ov["per_class"]:
+        of = [e for e in images if e["label"] == row["name"]]
+        assert (row["total"], row["correct"]) == (len(of), sum(e in right for e in of))
+    assert sum(map(sum, ov["confusion"]["cells"])) == 8
+    assert any(a["kind"] == "skipped" for a in ov["alerts"])
+
+
+def test_summary_pdf_holds_the_chosen_images_one_page_each(real_run):
+    pypdf = pytest.importorskip("pypdf")
+    out, _, manifest = real_run
+    chosen = manifest["pdf"]["images"]
+    assert len(chosen) == 3 and not (out / ".report-print.html").exists()
+    wrong = {e["id"] for e in manifest["images"] if e["correct"] is False}
+    assert sum(c["reason"].startswith("misclassified") for c in chosen) == min(2, len(wrong))
+    reader = pypdf.PdfReader(str(out / "report.pdf"))
+    names = list(_titles(reader.outline))
+    by_id = {e["id"]: e for e in manifest["images"]}
+    shown = [e["path"] for e in manifest["images"] if any(n.endswith(" " + e["path"]) for n in names)]
+    assert shown == [by_id[c["id"]]["path"] for c in chosen]
+    texts = [page.extract_text() for page in reader.pages]
+    for c in chosen:  # the running header names the image on every page its section reaches: one page each
+        number = [e["id"] for e in manifest["images"]].index(c["id"]) + 1
+        assert sum(f"{number}. {by_id[c['id']]['path']}" in t for t in texts) == 1
+
+
+def _text_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.is_file() and p.suffix in (".html", ".json", ".js", ".css", ".txt")]
+
+
+def test_nothing_of_the_authors_machine_is_in_what_is_shared(real_run):
+    pypdf = pytest.importorskip("pypdf")
+    out, data, manifest = real_run
+    secret = str(data.resolve())
+    files = _text_files(out)
+    assert len(files) >= 10
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        if path.name == "manifest.json":
+            assert manifest["provenance"]["data_root"] == secret
+            text = json.dumps({k: v for k, v in manifest.items() if k != "provenance"})
+        assert secret not in text, path
+    assert manifest["dataset"]["root"] == "photos" and manifest["skipped"][0]["path"] == "broken.jpg"
+    reader = pypdf.PdfReader(str(out / "report.pdf"))
+    assert not [n for n, page in enumerate(reader.pages) if secret in page.extract_text()]
+    assert secret.encode() not in (out / "report.pdf").read_bytes()
+
+
+def test_redact_paths_leaves_the_data_folder_out_of_the_manifest(tmp_path):
+    from reportgen.runner import run
+
+    cfg, data = _real_config(tmp_path, pdf=False, self_contained=False, redact_paths=True)
+    run(cfg)
+    manifest = (cfg.run.output / "manifest.json").read_text(encoding="utf-8")
+    assert str(data.resolve()) not in manifest and str(tmp_path) not in manifest
+    assert json.loads(manifest)["provenance"]["redacted"] is True
+
+
+def test_every_page_of_a_run_links_to_files_that_exist(real_run):
+    out, _, manifest = real_run
+    pages = [out / "report.html", *sorted((out / "images").glob("*.html"))]
+    assert len(pages) == 1 + len(manifest["images"])
+    ids = {p.resolve(): _parse(p).ids for p in pages}
+    for page in pages:
+        for tag, _, url in _parse(page).urls:
+            parts = urlsplit(url)
+            assert not parts.scheme and not parts.netloc, (page.name, url)
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page.resolve()
+            assert target.is_file() and out.resolve() in target.parents, (page.name, tag, url)
+            if parts.fragment and target in ids:
+                assert parts.fragment in ids[target], (page.name, url)
+    standalone = _parse(out / "report-standalone.html")
+    assert standalone.imgs and all((a["src"] or "").startswith("data:image/") for a in standalone.imgs)
+    assert all(u.startswith(("#", "data:")) for _, _, u in standalone.urls)

@@ -95,8 +95,10 @@ def resolve_targets(
 
     Args:
         logits: (N, K) float.
-        kind: ``predicted`` (top-1), ``true`` (the image's label; top-1 where it has none), ``class`` (``class_index``
-            for every image) or ``topk`` (each of the ``top_k`` most likely classes).
+        kind: ``predicted`` (top-1), ``true`` (the image's label; top-1 where it has none), ``predicted_and_true``
+            (two columns: top-1, then the label — top-1 again where it has none, so a correctly classified image
+            repeats its map and the report draws it once), ``class`` (``class_index`` for every image) or ``topk``
+            (each of the ``top_k`` most likely classes).
         labels: per image, its class index or None (for ``true``).
 
     Returns:
@@ -116,9 +118,9 @@ def resolve_targets(
     predicted = logits.argmax(dim=1, keepdim=True)
     if kind == "predicted":
         return predicted, [["predicted"]] * n
-    if kind == "true":
+    if kind in ("true", "predicted_and_true"):
         if len(labels) != n:
-            raise MethodError(f"expected {n} labels for target 'true', got {len(labels)}")
+            raise MethodError(f"expected {n} labels for target {kind!r}, got {len(labels)}")
         out = predicted.clone()
         kinds = []
         for i, label in enumerate(labels):
@@ -127,7 +129,9 @@ def resolve_targets(
             else:
                 out[i, 0] = label
                 kinds.append(["true"])
-        return out, kinds
+        if kind == "true":
+            return out, kinds
+        return torch.cat([predicted, out], dim=1), [["predicted", *row] for row in kinds]
     raise MethodError(f"unknown target kind {kind!r}")
 
 

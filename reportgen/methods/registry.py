@@ -83,6 +83,12 @@ class MethodSpec:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
+    @property
+    def explains_class(self) -> bool:
+        """A map per target class (every ``cam`` method but Deep Feature Factorization, whose maps are concepts):
+        what the trust metrics can score."""
+        return self.kind == "cam" and self.name != "dff"
+
     def implementation(self) -> Any:
         """The function named by ``impl``, imported now (torch and the method's module load here, not before)."""
         return _resolve(self.impl)
