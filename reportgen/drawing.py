@@ -390,6 +390,7 @@ def _draw_image(ctx: DrawContext, image: ImageResult) -> dict:
         "width": int(display.shape[1]), "height": int(display.shape[0]), "box": [int(v) for v in image.box],
         "thumb": _save(Image.fromarray(display), ctx.root, f"{base}/thumb.jpg")["image"],
         "correct": correct, "predictions": predictions,
+        "label_class": None if image.true_index is None else ctx.class_name(image.true_index),
         "feature_maps": _feature_maps(ctx, image, base, raw), "cams": _cams(ctx, image, base, raw, correct),
         "maps_file": f"maps/{rec.id}.safetensors",
     }

@@ -79,7 +79,8 @@ def _confusion(judged: list[dict], cap: int = CONFUSION_CAP) -> dict[str, Any]:
     the most images. ``kind`` per cell: ``right`` (the diagonal), ``wrong``, or ``mixed`` (other × other, which
     holds both).
     """
-    pairs = [(e["label"], (_top1(e) or {}).get("class_name") or "—") for e in judged]
+    # rows by the label's class name (``label_class``: ``0_circle`` is the class ``circle``), so the diagonal is right
+    pairs = [(e.get("label_class") or e["label"], (_top1(e) or {}).get("class_name") or "—") for e in judged]
     row_counts = Counter(t for t, _ in pairs)
     wrong_counts = Counter(t for t, p in pairs if t != p)
     col_counts = Counter(p for _, p in pairs)

@@ -150,3 +150,16 @@ def test_pdf_lists_that_need_missing_data_are_left_out_and_used_when_present():
     last = [e["id"] for e in images][::-1][:3]
     assert [p["id"] for p in picked["images"]] == sorted(last)  # the least trusted three, in report order
     assert picked["images"][0]["reason"].startswith("lowest trust: insertion − deletion AUC of Grad-CAM")
+
+
+def test_confusion_rows_name_the_labels_class_so_the_diagonal_is_right():
+    """Folders named ``0_circle`` hold the class ``circle``: the matrix pairs them by class, not by folder text."""
+    images = []
+    for label, cls, outcomes in (("0_circle", "circle", ["circle"] * 4), ("1_square", "square", ["square", "circle"])):
+        for predicted in outcomes:
+            e = _entry(len(images), label, predicted, 0.9, label_class=cls)
+            e["correct"] = predicted == cls
+            images.append(e)
+    cm = overview(images, [])["confusion"]
+    assert cm["rows"] == ["circle", "square"] and cm["cols"][:2] == ["circle", "square"]
+    assert cm["cells"] == [[4, 0], [1, 1]] and cm["kind"][0][0] == cm["kind"][1][1] == "right"
