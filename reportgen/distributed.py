@@ -130,6 +130,10 @@ class _Group:
         import torch.distributed as dist
 
         self.dist = dist
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: die with its agent, even when it is SIGKILLed
+            from reportgen.atomic import die_with_parent  # (else a rank waits out the meeting time-out, an hour)
+
+            die_with_parent(os.getppid())
         self.owned = not dist.is_initialized()
         attempt = f"reportgen/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.store = None
