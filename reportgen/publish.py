@@ -65,7 +65,7 @@ def publish(staging: Path, context: ReportContext, output: Path, stats: RunStats
         pdf_job: a started ``report.PdfJob``; finished here (its ownership passes to this call).
         started: ``time.perf_counter()`` at the start of the run, for the durations.
     """
-    from reportgen.report import render_html, render_print_html, render_standalone
+    from reportgen.report import remove_print_files, render_html, render_print_html, render_standalone
 
     data = context.as_dict()
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def publish(staging: Path, context: ReportContext, output: Path, stats: RunStats
         try:
             pdf = pdf_job.finish(printed, staging / "report.pdf")
         finally:
-            printed.unlink(missing_ok=True)
+            remove_print_files(staging)
         stats.seconds["pdf"] = time.perf_counter() - t0
     stats.duration_s = time.perf_counter() - started
     data["run"] = {**data["run"], "duration_s": round(stats.duration_s, 2)}

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -34,9 +35,10 @@ from reportgen import failpoints
 from reportgen.atomic import temp_file, write_text_atomically
 from reportgen.errors import RenderError
 from reportgen.names import readable
+from reportgen.printview import PRINT_ASSETS, print_copies, print_image
 
-__all__ = ["render_html", "render_print_html", "render_standalone", "render_pdf", "PdfJob", "PRINT_NAME",
-           "STANDALONE_NAME"]
+__all__ = ["render_html", "render_print_html", "remove_print_files", "render_standalone", "render_pdf", "PdfJob",
+           "PRINT_NAME", "STANDALONE_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +283,8 @@ def render_html(context: dict, out_dir: Path) -> Path:
 
 
 def render_print_html(context: dict, out_dir: Path) -> Path:
-    """Write the HTML ``report.pdf`` is printed from (``out_dir/.report-print.html``; the caller removes it).
+    """Write the HTML ``report.pdf`` is printed from (``out_dir/.report-print.html``) and the print-size copies of
+    its figures (``out_dir/.print-assets/``, ``printview.print_copies``); ``remove_print_files`` removes both.
 
     ``context["pdf"]``: ``mode`` ``full`` prints every image as an appendix; otherwise (``summary``) the images
     listed in ``pdf["images"]`` (``{id, reason}``), in the report's order.
@@ -295,8 +298,11 @@ def render_print_html(context: dict, out_dir: Path) -> Path:
         chosen = {e["id"]: "" for e in images}
     else:
         chosen = {str(item["id"]): str(item.get("reason") or "") for item in pdf.get("images") or []}
-    print_images = [{"image": e, "number": n + 1, "reason": chosen[e["id"]]} for n, e in enumerate(images)
-                    if e["id"] in chosen]
+    shown = [(n, e) for n, e in enumerate(images) if e["id"] in chosen]
+    remove_print_files(out_dir)
+    copies = print_copies(out_dir, [e for _, e in shown])  # print-size copies of figures larger than they print
+    print_images = [{"image": e, "number": n + 1, "reason": chosen[e["id"]], "view": print_image(e, copies)}
+                    for n, e in shown]
     in_pdf = {item["image"]["id"] for item in print_images}
     values.update(inline_css=css, single=False, print_images=print_images, details_url="",
                   page_url=lambda i: f"#{i}" if i in in_pdf else f"{PAGES_DIR}/{i}.html", index_url=HTML_NAME,
@@ -305,6 +311,12 @@ def render_print_html(context: dict, out_dir: Path) -> Path:
     path = out_dir / PRINT_NAME
     _write(path, _render(_environment(), PRINT_TEMPLATE, values))
     return path
+
+
+def remove_print_files(out_dir: Path) -> None:
+    """Remove what ``render_print_html`` wrote into ``out_dir`` (the print HTML and its print-size copies)."""
+    (Path(out_dir) / PRINT_NAME).unlink(missing_ok=True)
+    shutil.rmtree(Path(out_dir) / PRINT_ASSETS, ignore_errors=True)
 
 
 _EMBED_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".svg": "image/svg+xml",
