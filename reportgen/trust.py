@@ -12,7 +12,6 @@ asks for none never loads this module. Its extra images pushed through the model
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -59,46 +58,26 @@ def _sanity(spec: ComputeSpec, lm: LoadedModel, x: Tensor, targets: Tensor, meth
     return sanity_check(lm.module, x, targets, map_fn, stages=spec.metric_sanity_stages, seed=spec.metric_seed)
 
 
-def _runs(spec: ComputeSpec) -> list[tuple[str, Callable[..., dict]]]:
-    """The metric functions the asked names need: one call serves deletion and insertion, one both confidence scores."""
-    from reportgen import metrics as m
-
-    asked = set(spec.metric_names)
-    kw = {"batch_size": spec.metric_batch_size, "autocast_dtype": torch.bfloat16 if spec.metric_bf16 else None}
-    runs: list[tuple[str, Callable[..., dict]]] = []
-    if asked & {"deletion", "insertion"}:
-        runs.append(("deletion", lambda mod, x, maps, t: m.deletion_insertion(mod, x, maps, t, steps=spec.metric_steps,
-                                                                               **kw)))
-    if asked & {"average_drop", "increase"}:
-        runs.append(("confidence", lambda mod, x, maps, t: m.confidence_change(mod, x, maps, t, **kw)))
-    if asked & {"road_morf", "road_lerf"}:
-        runs.append(("road", lambda mod, x, maps, t: m.road(mod, x, maps, t, **kw)))
-    return runs
-
-
-def _wanted_scores(spec: ComputeSpec) -> set[str]:
-    names = set(spec.metric_names)
-    out = {"deletion_auc"} if "deletion" in names else set()
-    out |= {"insertion_auc"} if "insertion" in names else set()
-    out |= names & {"average_drop", "increase", "road_morf", "road_lerf"}
-    return out
-
-
 def score_batch(spec: ComputeSpec, lm: LoadedModel, x: Tensor, targets: Tensor,
                 maps_by_key: dict[tuple[str, str], Tensor], wanted: set[ResultKey],
                 stats: RunStats) -> dict[ResultKey, list[Entry]]:
     """A ``metric`` entry per image for each wanted metric key (see the module docstring)."""
+    from reportgen.metrics import METRICS, calls, deletion_insertion
+
     n = x.shape[0]
-    keep = _wanted_scores(spec)
+    asked = [name for name in spec.metric_names if name != "sanity"]
+    keep = {score for name in asked for score in METRICS[name].scores}  # deletion alone: no insertion_auc
+    kw = {"batch_size": spec.metric_batch_size, "autocast_dtype": torch.bfloat16 if spec.metric_bf16 else None}
+    own = {deletion_insertion: {"steps": spec.metric_steps}}
     out: dict[ResultKey, list[Entry]] = {}
     first = targets[:, 0]
     for key in sorted(k for k in wanted if k.kind == "metric"):
         maps = maps_by_key[(key.layer, key.method)][:, 0].float()
         arrays: list[dict] = [{} for _ in range(n)]
         meta: dict[str, str] = {}
-        for _, run in _runs(spec):
+        for function in calls(asked):  # one call serves deletion and insertion, average drop and increase, ...
             with borrowed(lm.module):
-                scores = run(lm.module, x, maps, first)
+                scores = function(lm.module, x, maps, first, **kw, **own.get(function, {}))
             stats.metric_images += int(scores.get("forward_images", 0))
             for name, value in scores.items():
                 if name in keep:

@@ -272,3 +272,16 @@ def load_maps(path):
     from safetensors.numpy import load_file
 
     return load_file(path)
+
+
+def test_the_torch_free_tables_agree_with_the_metric_registry():
+    """config.METRIC_NAMES and auditsummary.SCORE_INFO stay torch-free copies of what reportgen.metrics declares."""
+    from reportgen.auditsummary import SCORE_INFO
+    from reportgen.config import METRIC_NAMES
+    from reportgen.metrics import METRICS
+
+    assert set(METRIC_NAMES) == set(METRICS)
+    for metric in METRICS.values():
+        for score in metric.scores:
+            if metric.name != "sanity":
+                assert SCORE_INFO[score][1] == metric.higher_is_better, score
