@@ -3,8 +3,8 @@
 ``previous_run(cfg)`` is called before any work: it checks that ``compare_to`` is a finished run (a config error
 otherwise, so nothing is computed for nothing). The usual schedule writes each run over the last one
 (``compare_to`` is ``run.output`` itself): the earlier report is then kept as hard links in a hidden folder beside it
-(``.previous-<pid>-<name>``: no data is copied) until the comparison is written, since publishing the new run
-replaces it; the first run of a schedule has nothing to compare with and says so. ``compare_after(cfg, previous)``
+(``.partial-<host>-<pid>-previous-<name>``: no data is copied; a killed run's is swept by the next run like its
+staging folder) until the comparison is written, since publishing the new run replaces it; the first run of a schedule has nothing to compare with and says so. ``compare_after(cfg, previous)``
 writes the comparison to ``<run.output>-compare`` (a previous comparison there is replaced) with
 ``compare_checks`` as its gate conditions, and returns their verdicts in the form of the run's own checks.
 """
@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from reportgen.atomic import parse_temp_name, temp_name
 from reportgen.config import RunConfig
 from reportgen.errors import ConfigError
 
@@ -41,7 +42,7 @@ def previous_run(cfg: RunConfig) -> Path | None:
         raise ConfigError(f"{cfg.where('compare_to')}: {target} is not a finished reportgen run (no manifest.json)")
     if not _same(target, cfg.run.output):
         return target
-    keep = target.parent / f".previous-{os.getpid()}-{target.name}"
+    keep = target.parent / temp_name("partial", f"previous-{target.name}")  # ours alone: this host and pid
     shutil.rmtree(keep, ignore_errors=True)
     shutil.copytree(target, keep, copy_function=_link)
     return keep
@@ -56,7 +57,8 @@ def _link(src: str, dst: str) -> None:
 
 def discard_previous(cfg: RunConfig, previous: Path | None) -> None:
     """Remove the hard-linked copy ``previous_run`` made (never the user's folder)."""
-    if previous is not None and previous.name.startswith(".previous-"):
+    parsed = parse_temp_name(previous.name) if previous is not None else None
+    if parsed is not None and parsed[0] == "partial" and parsed[3].startswith("previous-"):
         shutil.rmtree(previous, ignore_errors=True)
 
 
