@@ -129,6 +129,7 @@ def test_failed_gate_exits_3_and_writes_junit(runs, tmp_path, capsys):
     data = json.loads((out / "compare.json").read_text())
     assert data["verdict"] == {"passed": False, "failed": ["flips > 0", "map_similarity[gradcam] < 2"], "checks": 3}
     html = (out / "compare.html").read_text()
+    assert data["run_a"]["folder"] not in html and data["run_b"]["folder"] not in html  # names only, not the machine's
     assert html.index("Failed: 2 of 3") < html.index('id="accuracy"') < html.index('id="flips"') < html.index('id="maps"')
     assert len(data["figures"]) == N_IMAGES  # the top 8 changed maps, one per image
     for fig in data["figures"]:
