@@ -78,18 +78,6 @@ def _config(bench: Bench, name: str, images: Path, *, pdf: str | bool, full: boo
     return path
 
 
-def _knows_full(config: Path) -> bool:
-    """Whether this reportgen accepts ``report.pdf: full`` (issue 12): it validates a config that says so."""
-    from reportgen.config import load_config
-    from reportgen.errors import ConfigError
-
-    try:
-        load_config(config)
-    except ConfigError:
-        return False
-    return True
-
-
 def chromium() -> str | None:
     """The system's Chromium (``$REPORTGEN_CHROMIUM`` or ``chromium`` on ``PATH``), as the browser tests find it."""
     env = os.environ.get("REPORTGEN_CHROMIUM")
@@ -162,10 +150,7 @@ def _run_pdf(bench: Bench) -> None:
     n = QUICK_IMAGES[0] if bench.settings.quick else PDF_IMAGES
     images = _images(bench, n)
     demo_like = not bench.settings.quick
-    cfg = _config(bench, "pdf", images, pdf="full", full=demo_like)
-    mode = "full"
-    if not _knows_full(cfg):
-        cfg, mode = _config(bench, "pdf", images, pdf=True, full=demo_like), "true (report.pdf: full not known yet)"
+    cfg, mode = _config(bench, "pdf", images, pdf="full", full=demo_like), "full"
     log(f"report_pdf: {n} images, report.pdf {mode}")
     try:
         res = reportgen_run(bench, cfg, "report-pdf", force=True)

@@ -209,7 +209,8 @@ def audit_run(cfg: RunConfig, plan: RunPlan, cache: TensorCache, entries: list[d
 
     position = {rec.rel: p for p, rec in enumerate(plan.records)}
     spec = plan.spec
-    scored = [m for m in (cfg.metrics.methods if cfg.metrics.compute else ())]
+    scored = list(cfg.metrics.methods) if cfg.metrics.compute else []
+    layers_of = {m: spec.method_layers(m) for m in spec.methods}
     map_methods = [m for m in spec.methods if get_method(m).explains_class]
     class_maps = _ClassMaps(_frame(pre))
     rows: list[dict[str, Any]] = []  # one small record per image: what the summaries read
@@ -256,7 +257,6 @@ def audit_run(cfg: RunConfig, plan: RunPlan, cache: TensorCache, entries: list[d
                                                             "spearman": [], "ssim": []})
                     s["spearman"].append(np.asarray(tensors["sanity_spearman"], dtype=np.float64))
                     s["ssim"].append(np.asarray(tensors["sanity_ssim"], dtype=np.float64))
-        layers_of = {m: spec.method_layers(m) for m in spec.methods}
         entry["metrics"] = {metric_name(s, m, la, layers_of[m]): round(v, 4) for (s, m, la), v in row["metrics"].items()}
         trust = _trust(row["metrics"], scored, spec.method_layers)
         if trust is not None:

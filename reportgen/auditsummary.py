@@ -21,6 +21,7 @@ from reportgen.audit import Annotations, Audit, _ClassMaps, metric_name
 from reportgen.config import RunConfig
 from reportgen.methods import get_method
 from reportgen.names import file_part
+from reportgen.plan import ComputeSpec
 from reportgen.stats import summary
 from reportgen.tensorfile import write_tensors
 
@@ -189,7 +190,8 @@ def summarize(cfg: RunConfig, rows: list[dict], class_names: Sequence[str], clas
     metric_keys = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (list(SCORE_INFO).index(k[0])
                                                                                  if k[0] in SCORE_INFO else 99, k))
     local_keys = sorted({k for r in rows for k in r["local"]})
-    layers_of = {m: cfg.cams.layers if get_method(m).needs_layer else ("",) for m in cfg.cams.methods}
+    spec = ComputeSpec.from_config(cfg)
+    layers_of = {m: spec.method_layers(m) for m in spec.methods}
     labelled = [r for r in rows if r["correct"] is not None]
     section: dict[str, Any] = {
         "images": len(rows), "labelled": len(labelled),
